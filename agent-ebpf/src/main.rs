@@ -1,0 +1,20 @@
+//! Kernel programs of refusal-agent. One module per probe family; entry points are thin
+//! wrappers around shared logic so every attach mode of a hook runs the same code.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+mod owner;
+mod sock;
+mod state;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,146 @@
+//! Command line. Flags win over `REFUSAL_…` environment variables (merged by clap), which win
+//! over the config file, which wins over the defaults in `config.rs`.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AttachMode, Config, ConfigError, HumanDuration, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "refusal-agent",
+    version,
+    about = "Why was that connection refused, and will it fix itself?"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the probes and serve Prometheus metrics and the targets API.
+    Run(RunArgs),
+    /// Show which hooks this kernel offers and which attach mode each gets.
+    Check {
+        /// Force one attach mode for every hook that offers it.
+        #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
+        attach: Option<AttachMode>,
+    },
+    /// Show the running daemon's targets as a table (from /api/targets).
+    Status {
+        /// Address of the running daemon.
+        #[arg(long, env = "REFUSAL_LISTEN", default_value = "127.0.0.1:9977")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// HTTP listen address [default: 0.0.0.0:9977].
+    #[arg(long, env = "REFUSAL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TOML config file; keys as in the README.
+    #[arg(long, env = "REFUSAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A success within this long of the first refusal is a cold start [default: 180s].
+    #[arg(long, env = "REFUSAL_COLD_START_MAX")]
+    pub cold_start_max: Option<HumanDuration>,
+    /// Refusals for this long with no success make a target persistent [default: 180s].
+    #[arg(long, env = "REFUSAL_PERSISTENT_AFTER")]
+    pub persistent_after: Option<HumanDuration>,
+    /// Refused connects needed before a target can be persistent [default: 3].
+    #[arg(long, env = "REFUSAL_MIN_ATTEMPTS")]
+    pub min_attempts: Option<u64>,
+    /// Episodes within --flap-window that make a target flapping [default: 3].
+    #[arg(long, env = "REFUSAL_FLAP_EPISODES")]
+    pub flap_episodes: Option<u32>,
+    /// [default: 15m].
+    #[arg(long, env = "REFUSAL_FLAP_WINDOW")]
+    pub flap_window: Option<HumanDuration>,
+    /// Series per metric before new label sets fold into "other" [default: 10000].
+    #[arg(long, env = "REFUSAL_MAX_SERIES")]
+    pub max_series: Option<usize>,
+    /// [default: text].
+    #[arg(long, value_enum, env = "REFUSAL_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Force one attach mode for every hook that offers it [default: auto].
+    #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
+    pub attach: Option<AttachMode>,
+}
+
+impl RunArgs {
+    /// The effective configuration: file (if any) under flags and environment.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident $(. $inner:tt)?),*) => {
+                $(if let Some(v) = &self.$field { c.$field = v.clone()$(.$inner)?; })*
+            };
+        }
+        set!(
+            listen,
+            cold_start_max.0,
+            persistent_after.0,
+            min_attempts,
+            flap_episodes,
+            flap_window.0,
+            max_series,
+            log_format,
+            attach
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["refusal-agent", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(r) => Ok(r),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("refusal-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "min_attempts = 7\ncold_start_max = \"90s\"\n").unwrap();
+        let c = run_args(&["--config", file.to_str().unwrap(), "--min-attempts", "4"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(c.min_attempts, 4);
+        assert_eq!(c.cold_start_max, Duration::from_secs(90));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors_naming_the_flag() {
+        let e = run_args(&["--cold-start-max", "soon"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--cold-start-max"), "{e}");
+        let e = run_args(&["--attach", "uprobe"]).unwrap_err();
+        assert!(e.to_string().contains("--attach"), "{e}");
+    }
+
+    #[test]
+    fn zero_min_attempts_is_rejected_by_key() {
+        let e = run_args(&["--min-attempts", "0"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("min_attempts"), "{e}");
+    }
+}

@@ -1,0 +1,276 @@
+//! Daemon configuration: defaults < TOML file < environment (`REFUSAL_…`) < flags. The
+//! environment and flags are merged by clap (see `cli.rs`); this module owns the defaults, the
+//! file format and the final validation. Pure: no I/O except reading the file.
+use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, de};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("`{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Every key of the config file, its default and its meaning.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address for /metrics, /healthz, /readyz, /api/targets. Default `0.0.0.0:9977`.
+    pub listen: SocketAddr,
+    /// A success within this long of an episode's first refusal is a cold start. Default `180s`.
+    #[serde(deserialize_with = "duration")]
+    pub cold_start_max: Duration,
+    /// Refusals for at least this long (and `min_attempts`) with no success: persistent. Default `180s`.
+    #[serde(deserialize_with = "duration")]
+    pub persistent_after: Duration,
+    /// Refused connects needed before a target can be persistent. Default `3`.
+    pub min_attempts: u64,
+    /// Episodes within `flap_window` that make a target flapping. Default `3`.
+    pub flap_episodes: u32,
+    /// Default `15m`.
+    #[serde(deserialize_with = "duration")]
+    pub flap_window: Duration,
+    /// Series per metric before new label sets fold into `other`. Default `10000`.
+    pub max_series: usize,
+    /// `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
+    /// Force one attach mode for every hook that offers it, or `auto`. Default `auto`.
+    pub attach: AttachMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9977)),
+            cold_start_max: Duration::from_secs(180),
+            persistent_after: Duration::from_secs(180),
+            min_attempts: 3,
+            flap_episodes: 3,
+            flap_window: Duration::from_secs(15 * 60),
+            max_series: 10_000,
+            log_format: LogFormat::Text,
+            attach: AttachMode::Auto,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Rejects values that parse but make no sense, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be longer than 0s (e.g. 90s, 3m)".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("cold_start_max", self.cold_start_max)?;
+        positive("persistent_after", self.persistent_after)?;
+        positive("flap_window", self.flap_window)?;
+        if self.min_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "min_attempts",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.flap_episodes < 2 {
+            return Err(ConfigError::Invalid {
+                key: "flap_episodes",
+                message: "must be at least 2".into(),
+            });
+        }
+        if self.max_series == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_series",
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+    TpBtf,
+    Tracepoint,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Fentry => "fentry",
+            AttachMode::Kprobe => "kprobe",
+            AttachMode::TpBtf => "tp_btf",
+            AttachMode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A duration as people write it: `90s`, `3m`, `1h30m`, `250ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid duration {s:?}: expected a number with a unit (ms, s, m, h), e.g. 90s, 3m, 1h30m"
+            )
+        };
+        let mut total = Duration::ZERO;
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let part = match &rest[..unit] {
+                "ms" => Duration::from_millis(n),
+                "s" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+                "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+                _ => return Err(bad()),
+            };
+            total = total.checked_add(part).ok_or_else(bad)?;
+            rest = &rest[unit..];
+        }
+        Ok(Self(total))
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<HumanDuration>()
+        .map(|h| h.0)
+        .map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9977");
+        assert_eq!(c.cold_start_max, Duration::from_secs(180));
+        assert_eq!(c.persistent_after, Duration::from_secs(180));
+        assert_eq!(c.min_attempts, 3);
+        assert_eq!(c.flap_episodes, 3);
+        assert_eq!(c.flap_window, Duration::from_secs(900));
+        assert_eq!(c.max_series, 10_000);
+        assert_eq!(c.attach, AttachMode::Auto);
+        assert_eq!(Config::from_toml("").unwrap(), c);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let c =
+            Config::from_toml("cold_start_max = \"90s\"\nmin_attempts = 5\nattach = \"tp_btf\"\n")
+                .unwrap();
+        assert_eq!(c.cold_start_max, Duration::from_secs(90));
+        assert_eq!(c.min_attempts, 5);
+        assert_eq!(c.attach, AttachMode::TpBtf);
+        assert_eq!(c.persistent_after, Duration::from_secs(180));
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let e = Config::from_toml("listn = \"x\"").unwrap_err();
+        assert!(e.contains("unknown field `listn`"), "{e}");
+        let e = Config::from_toml("cold_start_max = \"soon\"").unwrap_err();
+        assert!(
+            e.contains("cold_start_max") && e.contains("e.g. 90s"),
+            "{e}"
+        );
+        let e = Config::from_toml("min_attempts = \"three\"").unwrap_err();
+        assert!(e.contains("min_attempts"), "{e}");
+        let c = Config {
+            min_attempts: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "`min_attempts`: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s: &str| s.parse::<HumanDuration>().map(|h| h.0);
+        assert_eq!(d("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(d("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "90", "s", "3 m", "1x", "-1s", "99999999999999999999h"] {
+            assert!(d(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn seconds_round_trip(n in 0u64..10_000_000) {
+            prop_assert_eq!(format!("{n}s").parse::<HumanDuration>().unwrap().0, Duration::from_secs(n));
+        }
+
+        #[test]
+        fn duration_parser_never_panics(s in "\\PC{0,20}") {
+            let _ = s.parse::<HumanDuration>();
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! refusal-agent: why was that connection refused, and will it fix itself?
+mod api;
+mod btf;
+mod caps;
+mod cli;
+mod collector;
+mod config;
+mod daemon;
+mod http;
+mod labels;
+mod loader;
+mod metrics;
+mod offsets;
+mod series;
+mod status;
+mod tracefs;
+mod workload;
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use clap::Parser;
+
+use crate::{
+    cli::{Cli, Command},
+    config::LogFormat,
+};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REFUSAL_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = match args.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("refusal-agent: bad configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(cfg.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("refusal-agent: starting the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(daemon::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("refusal-agent: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Check { attach } => status::check(attach.unwrap_or_default()),
+        Command::Status { listen } => status::status(listen),
+    }
+}

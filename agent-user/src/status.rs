@@ -1,0 +1,112 @@
+//! The operator commands that print tables: `check` (what attaches where) and `status` (the
+//! running daemon's targets).
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::ExitCode,
+    time::Duration,
+};
+
+use crate::{api::Target, config::AttachMode, daemon, loader};
+
+pub fn check(mode: AttachMode) -> ExitCode {
+    let kernel = match daemon::prepare_kernel() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("refusal-agent: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    println!("kernel {}", daemon::kernel_release());
+    let probed = match loader::probe_all(&kernel.btf, &kernel.offsets) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("refusal-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut all_ok = true;
+    println!("{:<10} {:<12} {:<8} detail", "hook", "mode", "works");
+    for (hook, modes) in &probed {
+        let chosen = modes
+            .iter()
+            .find(|(m, r)| r.is_ok() && (mode == AttachMode::Auto || *m == mode))
+            .map(|(m, _)| *m);
+        all_ok &= chosen.is_some();
+        for (m, result) in modes {
+            let works = if result.is_ok() { "yes" } else { "no" };
+            let detail = match result {
+                Ok(()) if Some(*m) == chosen => "used".to_string(),
+                Ok(()) => "available".to_string(),
+                Err(why) => why.clone(),
+            };
+            println!("{hook:<10} {:<12} {works:<8} {detail}", m.name());
+        }
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub fn status(listen: SocketAddr) -> ExitCode {
+    match fetch_targets(listen) {
+        Ok(targets) => {
+            print!("{}", table(&targets));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refusal-agent: asking the daemon at {listen}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn fetch_targets(addr: SocketAddr) -> Result<Vec<Target>, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET /api/targets HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        targets: Vec<Target>,
+    }
+    serde_json::from_str::<Body>(body)
+        .map(|b| b.targets)
+        .map_err(|e| e.to_string())
+}
+
+pub fn table(targets: &[Target]) -> String {
+    let mut out = format!(
+        "{:<28} {:<16} {:<5} {:<40} {:>8}  errors\n",
+        "WORKLOAD", "COMM", "PROTO", "TARGET", "FAILURES"
+    );
+    for t in targets {
+        let target = if t.dst_addr.contains(':') {
+            format!("[{}]:{}", t.dst_addr, t.dst_port)
+        } else {
+            format!("{}:{}", t.dst_addr, t.dst_port)
+        };
+        let errors: Vec<String> = t.counts.iter().map(|(e, n)| format!("{e}={n}")).collect();
+        out.push_str(&format!(
+            "{:<28} {:<16} {:<5} {:<40} {:>8}  {}\n",
+            t.workload,
+            t.comm,
+            t.proto,
+            target,
+            t.total,
+            errors.join(",")
+        ));
+    }
+    out
+}

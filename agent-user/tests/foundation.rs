@@ -1,0 +1,267 @@
+//! The foundation slice end to end: the real daemon, real refused connects, a real scrape.
+mod common;
+
+use std::{net::TcpStream, process::Command, time::Duration};
+
+use common::*;
+
+const FAILURES: &str = "refusal_connect_failures_total";
+
+#[test]
+fn curl_refusals_are_counted_exactly_and_attributed() {
+    if !privileged("curl_refusals_are_counted_exactly_and_attributed") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let port = closed_port();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--connect-timeout", "2"])
+        .arg(format!("http://127.0.0.1:{port}/[1-500]"))
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl should fail to connect: {out:?}"
+    );
+    let port_s = port.to_string();
+    let labels = [
+        ("comm", "curl"),
+        ("dst_addr", "127.0.0.1"),
+        ("dst_port", port_s.as_str()),
+        ("errno", "ECONNREFUSED"),
+        ("proto", "tcp"),
+    ];
+    assert_eq!(wait_value(&d, FAILURES, &labels, 500.0), 500.0);
+    // Nothing else was attributed to that port.
+    assert_eq!(
+        value(&d.metrics(), FAILURES, &[("dst_port", port_s.as_str())]),
+        500.0
+    );
+    assert_eq!(d.stop(), Some(0));
+}
+
+#[test]
+fn own_client_refusals_ipv4_and_ipv6_with_comm() {
+    if !privileged("own_client_refusals_ipv4_and_ipv6_with_comm") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let port = closed_port();
+    std::thread::Builder::new()
+        .name("refclient".into())
+        .spawn(move || {
+            for _ in 0..37 {
+                let e = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+            for _ in 0..5 {
+                let e = TcpStream::connect(("::1", port)).unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let port_s = port.to_string();
+    let v4 = [
+        ("comm", "refclient"),
+        ("dst_addr", "127.0.0.1"),
+        ("dst_port", port_s.as_str()),
+        ("errno", "ECONNREFUSED"),
+    ];
+    let v6 = [
+        ("comm", "refclient"),
+        ("dst_addr", "::1"),
+        ("dst_port", port_s.as_str()),
+        ("errno", "ECONNREFUSED"),
+    ];
+    assert_eq!(wait_value(&d, FAILURES, &v4, 37.0), 37.0);
+    assert_eq!(wait_value(&d, FAILURES, &v6, 5.0), 5.0);
+}
+
+#[test]
+fn successful_connects_are_not_failures() {
+    if !privileged("successful_connects_are_not_failures") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for _ in 0..20 {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        drop(s);
+    }
+    // A refused connect afterwards proves the daemon was counting all along.
+    let closed = closed_port();
+    let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], closed).into(), Duration::from_secs(1))
+        .unwrap_err();
+    let closed_s = closed.to_string();
+    assert_eq!(
+        wait_value(&d, FAILURES, &[("dst_port", closed_s.as_str())], 1.0),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &d.metrics(),
+            FAILURES,
+            &[("dst_port", port.to_string().as_str())]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn endpoints_and_self_metrics() {
+    if !privileged("endpoints_and_self_metrics") {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    assert_eq!(get(d.addr, "/healthz").unwrap(), (200, "ok\n".into()));
+    assert_eq!(get(d.addr, "/readyz").unwrap().0, 200);
+    assert_eq!(get(d.addr, "/nope").unwrap().0, 404);
+    let m = d.metrics();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(
+        value(
+            &m,
+            "refusal_agent_build_info",
+            &[
+                ("kernel", kernel.trim()),
+                ("version", env!("CARGO_PKG_VERSION"))
+            ]
+        ),
+        1.0
+    );
+    // Exactly one mode per hook is in use, and on this kernel it is tp_btf (fentry is refused
+    // under lockdown, kprobes are absent).
+    for hook in ["state", "connect"] {
+        assert_eq!(
+            value(&m, "refusal_agent_probe_attached", &[("hook", hook)]),
+            1.0,
+            "{hook}\n{m}"
+        );
+    }
+    assert_eq!(
+        value(
+            &m,
+            "refusal_agent_probe_attached",
+            &[("hook", "state"), ("mode", "tp_btf")]
+        ),
+        1.0
+    );
+    let log = d.log();
+    assert!(log.contains("hook attached"), "{log}");
+}
+
+#[test]
+fn forced_tracepoint_mode_counts_the_same() {
+    if !privileged("forced_tracepoint_mode_counts_the_same") {
+        return;
+    }
+    let d = Daemon::start(&["--attach", "tracepoint"]);
+    let m = d.metrics();
+    assert_eq!(
+        value(
+            &m,
+            "refusal_agent_probe_attached",
+            &[("hook", "state"), ("mode", "tracepoint")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "refusal_agent_probe_attached",
+            &[("hook", "connect"), ("mode", "tracepoint")]
+        ),
+        1.0,
+        "{m}"
+    );
+    let port = closed_port();
+    std::thread::Builder::new()
+        .name("tpclient".into())
+        .spawn(move || {
+            for _ in 0..11 {
+                TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let port_s = port.to_string();
+    assert_eq!(
+        wait_value(
+            &d,
+            FAILURES,
+            &[("comm", "tpclient"), ("dst_port", port_s.as_str())],
+            11.0
+        ),
+        11.0
+    );
+}
+
+#[test]
+fn forcing_an_unavailable_mode_exits_1_naming_it() {
+    if !privileged("forcing_an_unavailable_mode_exits_1_naming_it") {
+        return;
+    }
+    // fentry is refused by this kernel's lockdown (TOOLCHAIN.md).
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--attach", "fentry"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("forced attach mode fentry failed"), "{err}");
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let out = Command::new(BIN)
+        .args(["run", "--min-attempts", "zero"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--min-attempts"));
+    let dir = std::env::temp_dir().join(format!("refusal-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "persistent_after = \"forever\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("persistent_after") && err.contains("e.g. 90s"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unprivileged_start_exits_1_naming_the_capability() {
+    if !privileged("unprivileged_start_exits_1_naming_the_capability") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            BIN,
+        ])
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing capability CAP_BPF"), "{err}");
+}

@@ -1,0 +1,97 @@
+//! Project automation: `cargo xtask setup | build | run | test`.
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building needs (rust-src, bpf-linker) when missing. Idempotent.
+    Setup {
+        /// Also install the Debian packages the tests use.
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the daemon (release) with its embedded kernel object.
+    Build,
+    /// Build and start the daemon as root; arguments go to `refusal-agent run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up everything and run every test (unit, kernel integration, end to end).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup { test_deps } => {
+            setup::toolchain()?;
+            if test_deps {
+                setup::test_packages()?;
+            }
+        }
+        Cmd::Build => {
+            setup::toolchain()?;
+            run(cargo().args(["build", "--release", "-p", "agent-user"]))?;
+        }
+        Cmd::Run { args } => {
+            setup::toolchain()?;
+            run(cargo().args(["build", "--release", "-p", "agent-user"]))?;
+            let bin = root().join("target/release/refusal-agent");
+            let mut cmd = if setup::is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            run(cmd.arg("run").args(args))?;
+        }
+        Cmd::Test { args } => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            if !setup::is_root() {
+                eprintln!("xtask: not root: kernel tests will skip (and fail when CI=true)");
+            }
+            // agent-ebpf builds for bpfel-unknown-none only (through agent-user's build.rs).
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "agent-ebpf"])
+                .args(args))?;
+        }
+    }
+    Ok(())
+}
