@@ -66,23 +66,114 @@ pub enum Drop {
     OwnerMapFull = 0,
     /// The per-target map was full: the failure is counted in `OVERFLOW` (per errno).
     TargetMapFull = 1,
+    /// An aggregate map of resets or inbound refusals was full: counted in `OVERFLOW`.
+    ResetMapFull = 2,
+    /// The ring buffer feeding `trace` was full: the event is lost (its count is not).
+    TraceRingFull = 3,
+    /// Too many connect(2) calls in flight to remember their destination.
+    SyscallMapFull = 4,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 2] = [Drop::OwnerMapFull, Drop::TargetMapFull];
+    pub const ALL: [Drop; 5] = [
+        Drop::OwnerMapFull,
+        Drop::TargetMapFull,
+        Drop::ResetMapFull,
+        Drop::TraceRingFull,
+        Drop::SyscallMapFull,
+    ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn name(self) -> &'static str {
         match self {
             Drop::OwnerMapFull => "owner_map_full",
             Drop::TargetMapFull => "target_map_full",
+            Drop::ResetMapFull => "reset_map_full",
+            Drop::TraceRingFull => "trace_ring_full",
+            Drop::SyscallMapFull => "syscall_map_full",
         }
     }
 }
 
-/// Size of the `OVERFLOW` per-CPU array: failures that found the target map full are
-/// counted by errno so totals stay exact (errno values above this land in the last slot).
-pub const OVERFLOW_SLOTS: u32 = 256;
+/// Slots of the `OVERFLOW` per-CPU array: events that found their aggregate map full are
+/// counted here, by the one label that still matters, so totals stay exact.
+pub mod overflow {
+    /// Connect failures: `proto_index * 256 + errno` (errno clamped to 255; UDP index 1).
+    pub const FAILURES: u32 = 0;
+    pub const ERRNO_SLOTS: u32 = 256;
+    /// Resets received, by TCP state (clamped to 15).
+    pub const RESETS_RECEIVED: u32 = 512;
+    /// Resets sent, by reason (clamped to 63).
+    pub const RESETS_SENT: u32 = 528;
+    pub const INBOUND: u32 = 592;
+    pub const SLOTS: u32 = 593;
+}
+
+/// Aggregate value of the per-target map: count plus when the last one happened
+/// (`bpf_ktime_get_ns`), so verdicts see event times, not collection times.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub count: u64,
+    pub last_ns: u64,
+}
+
+/// Resets received on a socket, per remote end and the TCP state the RST hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ResetKey {
+    pub cgroup_id: u64,
+    pub daddr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    pub dport: u16,
+    pub state: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Resets this host's sockets sent, by reason (`sk_rst_reason`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ResetSentKey {
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// Inbound connection attempts this host refused (RST for NO_SOCKET), by local address/port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InboundKey {
+    pub laddr: [u8; 16],
+    pub lport: u16,
+    pub _pad: [u8; 6],
+}
+
+/// One event for `refusal-agent trace` (the daemon never emits them: `EMIT_EVENTS` is false).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub kind: u8,
+    pub proto: u8,
+    /// errno for failures, TCP state for resets received, reason for resets sent.
+    pub code: u16,
+    pub comm: [u8; COMM_LEN],
+    pub daddr: [u8; 16],
+    pub saddr: [u8; 16],
+    pub dport: u16,
+    pub sport: u16,
+    pub _pad: u32,
+}
+
+pub mod event_kind {
+    pub const CONNECT_FAILED: u8 = 1;
+    pub const RESET_RECEIVED: u8 = 2;
+    pub const RESET_SENT: u8 = 3;
+    pub const INBOUND_REFUSED: u8 = 4;
+}
 
 /// Field offsets resolved from the running kernel (BTF for `struct sock`, the tracefs format
 /// file for classic tracepoint records) and handed to the programs as the read-only global
@@ -96,11 +187,51 @@ pub struct Offsets {
     pub skc_v6_daddr: u32,
     pub sk_protocol: u32,
     pub sk_err: u32,
-    /// `sock:inet_sock_set_state` record: `skaddr`, `oldstate`, `newstate`.
-    pub tp_state_skaddr: u32,
-    pub tp_state_oldstate: u32,
-    pub tp_state_newstate: u32,
-    pub _pad: u32,
+    pub skc_state: u32,
+    /// `sock.sk_cgrp_data.cgroup → cgroup.kn → kernfs_node.id`: the socket's cgroup v2 id.
+    pub sk_cgrp_data: u32,
+    pub sock_cgroup_data_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    /// `task_struct.files → files_struct.fdt → fdtable.fd[fd] → file.private_data (socket) →
+    /// socket.sk`: the socket of a failed connect(2), to tell TCP from UDP.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    /// `sk_rst_reason` NO_SOCKET and `skb_drop_reason` NO_SOCKET on this kernel.
+    pub rst_no_socket: u32,
+    pub drop_no_socket: u32,
+    /// Classic tracepoint record layouts (tracefs format files); 0 when unavailable.
+    pub tp: TracepointOffsets,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub state_skaddr: u32,
+    pub state_oldstate: u32,
+    pub state_newstate: u32,
+    pub send_reset_skbaddr: u32,
+    pub send_reset_skaddr: u32,
+    pub send_reset_reason: u32,
+    pub receive_reset_skaddr: u32,
+    pub error_report_error: u32,
+    pub error_report_dport: u32,
+    pub error_report_family: u32,
+    pub error_report_protocol: u32,
+    pub error_report_daddr: u32,
+    pub error_report_daddr_v6: u32,
+    pub kfree_skb_skbaddr: u32,
+    pub kfree_skb_reason: u32,
+    pub connect_fd: u32,
+    pub connect_uservaddr: u32,
+    pub exit_connect_ret: u32,
 }
 
 /// Slots of the `CONFIG` array map.
@@ -108,16 +239,24 @@ pub mod config {
     /// Non-zero when a dedicated connect hook (fentry/kprobe on `tcp_v{4,6}_connect`) records
     /// owners, so the state-change program need not.
     pub const OWNER_FROM_CONNECT: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// Non-zero while `WATCH` holds ports: only then do successful connects cost a lookup.
+    pub const WATCHING: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Names of the maps and globals user space looks up in the object.
 pub mod names {
     pub const OWNERS: &str = "OWNERS";
-    pub const FAILURES: &str = "FAILURES";
+    pub const TARGETS: &str = "TARGETS";
+    pub const RESETS_RECEIVED: &str = "RESETS_RECEIVED";
+    pub const RESETS_SENT: &str = "RESETS_SENT";
+    pub const INBOUND: &str = "INBOUND";
     pub const OVERFLOW: &str = "OVERFLOW";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EMIT_EVENTS: &str = "EMIT_EVENTS";
     pub const DROPS: &str = "DROPS";
     pub const CONFIG: &str = "CONFIG";
+    pub const WATCH: &str = "WATCH";
     pub const OFFSETS: &str = "OFFSETS";
 }
 
@@ -127,6 +266,11 @@ mod pod {
     unsafe impl aya::Pod for super::Owner {}
     unsafe impl aya::Pod for super::TargetKey {}
     unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::ResetKey {}
+    unsafe impl aya::Pod for super::ResetSentKey {}
+    unsafe impl aya::Pod for super::InboundKey {}
+    unsafe impl aya::Pod for super::Event {}
 }
 
 #[cfg(test)]
@@ -139,5 +283,13 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Owner>(), 8 + 8 + 4 + 4 + COMM_LEN);
         assert_eq!(size_of::<TargetKey>(), 8 + 16 + COMM_LEN + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<ResetKey>(), 8 + 16 + COMM_LEN + 2 + 1 + 5);
+        assert_eq!(size_of::<ResetSentKey>(), 8 + COMM_LEN + 4 + 4);
+        assert_eq!(size_of::<InboundKey>(), 16 + 2 + 6);
+        assert_eq!(
+            size_of::<Event>(),
+            8 + 8 + 4 + 1 + 1 + 2 + COMM_LEN + 16 + 16 + 2 + 2 + 4
+        );
+        assert_eq!(size_of::<Offsets>() % 4, 0);
     }
 }

@@ -4,10 +4,13 @@
 #![no_main]
 
 mod connect;
+mod error_report;
 mod maps;
 mod owner;
+mod reset;
 mod sock;
 mod state;
+mod syscall;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,21 +1,38 @@
-use agent_common::{Drop, OVERFLOW_SLOTS, Owner, TargetKey};
+use agent_common::{Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, proto};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
-/// In-flight connects: socket address → who started it. Deleted when the handshake ends.
+/// Connects in flight and client connections alive: socket address → who started it.
+/// Deleted when the socket closes.
 #[map(name = "OWNERS")]
 pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
 
-/// Failed connects per target. Never evicted: when full, failures go to `OVERFLOW`.
-#[map(name = "FAILURES")]
-pub static FAILURES: PerCpuHashMap<TargetKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+/// Destination ports with an open refusal episode: successful connects to them are counted
+/// (errno 0 in `TARGETS`) so verdicts see the target come up. Written by user space.
+#[map(name = "WATCH")]
+pub static WATCH: HashMap<u16, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Failures that found `FAILURES` full, by `proto_slot * 256 + errno`.
+/// Connect outcomes per target and errno (errno 0: a success to a port being watched).
+/// Never evicted: when full, failures go to `OVERFLOW`.
+#[map(name = "TARGETS")]
+pub static TARGETS: PerCpuHashMap<TargetKey, Counter> = PerCpuHashMap::with_max_entries(16384, 0);
+
+#[map(name = "RESETS_RECEIVED")]
+pub static RESETS_RECEIVED: PerCpuHashMap<ResetKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+#[map(name = "RESETS_SENT")]
+pub static RESETS_SENT: PerCpuHashMap<ResetSentKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+#[map(name = "INBOUND")]
+pub static INBOUND: PerCpuHashMap<InboundKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Events that found their aggregate map full, by the slots of [`overflow`].
 #[map(name = "OVERFLOW")]
-pub static OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * OVERFLOW_SLOTS, 0);
+pub static OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(overflow::SLOTS, 0);
 
 /// What the kernel side had to give up, by [`Drop`].
 #[map(name = "DROPS")]
@@ -25,6 +42,14 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 
 /// [`agent_common::config`].
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<u32> = Array::with_max_entries(agent_common::config::COUNT, 0);
+
+/// Individual events for `refusal-agent trace`, without wakeups (it polls).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// True only in the `trace` command's instance; the daemon's verifier prunes the emit paths.
+#[unsafe(no_mangle)]
+static EMIT_EVENTS: u8 = 0;
 
 #[inline(always)]
 pub fn config(index: u32) -> u32 {
@@ -44,29 +69,86 @@ pub fn drop(what: Drop) {
     bump(&DROPS, what as u32);
 }
 
-/// Counts one failure for `key`, falling back to the per-errno overflow slots when the
-/// map is full, so no failure goes uncounted.
+/// Applies `update` to this CPU's value of `key`, inserting `init` first time; false when the
+/// map is full.
 #[inline(always)]
-pub fn count_failure(key: &TargetKey) {
-    if let Some(count) = FAILURES.get_ptr_mut(key) {
+fn add<K, V>(map: &PerCpuHashMap<K, V>, key: &K, init: V, update: impl Fn(&mut V)) -> bool {
+    if let Some(v) = map.get_ptr_mut(key) {
         // SAFETY: this CPU's value slot.
-        unsafe { *count += 1 };
+        update(unsafe { &mut *v });
+        return true;
+    }
+    match map.insert(key, init, BPF_NOEXIST.into()) {
+        Ok(()) => true,
+        // Another CPU inserted the key between our lookup and insert.
+        Err(-17) => {
+            if let Some(v) = map.get_ptr_mut(key) {
+                // SAFETY: as above.
+                update(unsafe { &mut *v });
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
+    if !add(map, key, 1, |v| *v += 1) {
+        drop(Drop::ResetMapFull);
+        bump(&OVERFLOW, overflow_slot);
+    }
+}
+
+/// Counts one connect outcome for `key`; failures that find the map full are still counted,
+/// in the per-errno overflow slots.
+#[inline(always)]
+pub fn count_target(key: &TargetKey) {
+    // SAFETY: helper callable from any tracing program.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let init = Counter { count: 1, last_ns: now };
+    if !add(&TARGETS, key, init, |c| {
+        c.count += 1;
+        c.last_ns = now;
+    }) && key.errno != 0
+    {
+        drop(Drop::TargetMapFull);
+        let slot = overflow::FAILURES
+            + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
+            + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
+        bump(&OVERFLOW, slot);
+    }
+}
+
+#[inline(always)]
+pub fn count_reset_received(key: &ResetKey) {
+    add_one(
+        &RESETS_RECEIVED,
+        key,
+        overflow::RESETS_RECEIVED + u32::from(key.state).min(15),
+    );
+}
+
+#[inline(always)]
+pub fn count_reset_sent(key: &ResetSentKey) {
+    add_one(&RESETS_SENT, key, overflow::RESETS_SENT + key.reason.min(63));
+}
+
+#[inline(always)]
+pub fn count_inbound(key: &InboundKey) {
+    add_one(&INBOUND, key, overflow::INBOUND);
+}
+
+#[inline(always)]
+pub fn emit(event: impl FnOnce() -> Event) {
+    // SAFETY: reading a static the loader may rewrite before load.
+    if unsafe { core::ptr::read_volatile(&EMIT_EVENTS) } == 0 {
         return;
     }
-    match FAILURES.insert(key, 1u64, BPF_NOEXIST.into()) {
-        Ok(()) => {}
-        // Another CPU inserted the key between our lookup and insert.
-        Err(e) if e == -17 => {
-            if let Some(count) = FAILURES.get_ptr_mut(key) {
-                // SAFETY: as above.
-                unsafe { *count += 1 };
-            }
-        }
-        Err(_) => {
-            drop(Drop::TargetMapFull);
-            let slot = u32::from(key.proto == agent_common::proto::UDP) * OVERFLOW_SLOTS
-                + u32::from(key.errno).min(OVERFLOW_SLOTS - 1);
-            bump(&OVERFLOW, slot);
-        }
+    let mut ev = event();
+    // SAFETY: helper callable from any tracing program.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    if EVENTS.output::<Event>(&ev, BPF_RB_NO_WAKEUP.into()).is_err() {
+        drop(Drop::TraceRingFull);
     }
 }

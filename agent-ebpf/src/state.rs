@@ -1,13 +1,18 @@
-//! `inet_sock_set_state`: owner capture at → SYN_SENT (it runs inside `tcp_v{4,6}_connect`,
-//! in the connecting task) and the failure count at SYN_SENT → CLOSE with `sk_err` set, which
-//! also covers clients that closed the socket before the RST arrived (no error report then).
-use agent_common::{TargetKey, config, proto, tcp_state};
+//! `inet_sock_set_state`, the hot path: every TCP state change on the host comes through here.
+//! Owner capture at → SYN_SENT (it runs inside `tcp_v{4,6}_connect`, in the connecting task);
+//! the failure count at SYN_SENT → CLOSE with `sk_err` set, which also covers clients that
+//! closed the socket before the RST arrived (no error report then); successes only to ports
+//! user space watches.
+use agent_common::{Event, TargetKey, config, event_kind, proto, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::{maps, owner, sock};
+use crate::{
+    maps::{self, WATCH},
+    owner, sock,
+};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state_btf(ctx: BtfTracePointContext) -> u32 {
@@ -24,13 +29,13 @@ pub fn sock_state_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let off = sock::offsets();
+    let tp = sock::offsets().tp;
     // SAFETY: offsets come from this kernel's format file for this event.
     let (sk, old, new) = unsafe {
         (
-            ctx.read_at::<u64>(off.tp_state_skaddr as usize),
-            ctx.read_at::<i32>(off.tp_state_oldstate as usize),
-            ctx.read_at::<i32>(off.tp_state_newstate as usize),
+            ctx.read_at::<u64>(tp.state_skaddr as usize),
+            ctx.read_at::<i32>(tp.state_oldstate as usize),
+            ctx.read_at::<i32>(tp.state_newstate as usize),
         )
     };
     on_state(
@@ -40,41 +45,82 @@ fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     )
 }
 
-/// Every TCP state change on the host comes through here: exit before any map access unless
-/// the change enters or leaves SYN_SENT.
+/// Exits before any map access unless the change enters or leaves SYN_SENT, or closes.
 #[inline(always)]
 fn on_state(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     if new == tcp_state::SYN_SENT {
-        let off = sock::offsets();
-        if maps::config(config::OWNER_FROM_CONNECT) == 0 && sock::is_tcp(sk, &off) {
-            owner::record(sk);
+        if sock::is_tcp(sk, &sock::offsets()) {
+            owner::record_from_state(sk);
         }
         return Ok(0);
     }
-    if old != tcp_state::SYN_SENT {
+    if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
+        // The owner stays recorded: resets on this connection are attributed through it.
+        if maps::config(config::WATCHING) != 0 {
+            count_success(sk)?;
+        }
         return Ok(0);
     }
     if new != tcp_state::CLOSE {
-        owner::forget(sk);
         return Ok(0);
     }
+    if old == tcp_state::SYN_SENT {
+        count_failure(sk)?;
+    }
+    owner::forget(sk);
+    Ok(0)
+}
+
+#[inline(always)]
+fn count_success(sk: *const u8) -> Result<u32, u32> {
+    let off = sock::offsets();
+    let (daddr, dport) = sock::peer(sk, &off)?;
+    if WATCH.get_ptr(dport).is_none() {
+        return Ok(0);
+    }
+    let o = owner::get(sk).unwrap_or_default();
+    maps::count_target(&TargetKey {
+        cgroup_id: o.cgroup_id,
+        daddr,
+        comm: o.comm,
+        dport,
+        errno: 0,
+        proto: proto::TCP,
+        _pad: [0; 3],
+    });
+    Ok(0)
+}
+
+#[inline(always)]
+fn count_failure(sk: *const u8) -> Result<u32, u32> {
     let off = sock::offsets();
     let err: i32 = sock::read(sk, off.sk_err)?;
     // SYN_SENT → CLOSE without an error is the application closing its own socket.
-    if err == 0 || !sock::is_tcp(sk, &off) {
-        owner::forget(sk);
+    if err <= 0 || !sock::is_tcp(sk, &off) {
         return Ok(0);
     }
-    let owner = owner::take(sk);
+    let o = owner::get(sk).unwrap_or_default();
     let (daddr, dport) = sock::peer(sk, &off)?;
-    maps::count_failure(&TargetKey {
-        cgroup_id: owner.cgroup_id,
+    let key = TargetKey {
+        cgroup_id: o.cgroup_id,
         daddr,
-        comm: owner.comm,
+        comm: o.comm,
         dport,
         errno: err as u16,
         proto: proto::TCP,
         _pad: [0; 3],
+    };
+    maps::count_target(&key);
+    maps::emit(|| Event {
+        cgroup_id: o.cgroup_id,
+        tgid: o.tgid,
+        kind: event_kind::CONNECT_FAILED,
+        proto: proto::TCP,
+        code: err as u16,
+        comm: o.comm,
+        daddr,
+        dport,
+        ..Event::default()
     });
     Ok(0)
 }

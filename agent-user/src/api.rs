@@ -19,7 +19,7 @@ pub struct Target {
 
 pub fn targets(snap: &Snapshot) -> Vec<Target> {
     let mut by_target: BTreeMap<(String, String, String, String, u16), Target> = BTreeMap::new();
-    for f in &snap.failures {
+    for (f, errno) in snap.failures() {
         let key = (
             f.workload.clone(),
             f.comm.clone(),
@@ -35,7 +35,7 @@ pub fn targets(snap: &Snapshot) -> Vec<Target> {
             dst_port: f.dst_port,
             ..Target::default()
         });
-        *t.counts.entry(f.errno.clone()).or_default() += f.count;
+        *t.counts.entry(errno.to_string()).or_default() += f.count;
         t.total += f.count;
     }
     by_target.into_values().collect()
@@ -43,30 +43,29 @@ pub fn targets(snap: &Snapshot) -> Vec<Target> {
 
 pub fn targets_json(shared: &Shared) -> Result<String, crate::collector::CollectError> {
     let snap = shared.snapshot()?;
-    Ok(
-        serde_json::to_string_pretty(&serde_json::json!({ "targets": targets(&snap) }))
-            .unwrap_or_default(),
-    )
+    Ok(serde_json::to_string_pretty(&serde_json::json!({ "targets": targets(&snap) })).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collector::Failure;
+    use crate::collector::Outcome;
 
     #[test]
     fn groups_errnos_per_target() {
-        let f = |errno: &str, count| Failure {
+        let f = |errno: &str, count| Outcome {
+            cgroup_id: 1,
             workload: "/".into(),
             comm: "curl".into(),
             proto: "tcp",
             dst_addr: "10.0.0.7".into(),
             dst_port: 8080,
-            errno: errno.into(),
+            errno: Some(errno.into()),
             count,
+            last_ns: 0,
         };
         let snap = Snapshot {
-            failures: vec![f("ECONNREFUSED", 3), f("ETIMEDOUT", 2)],
+            outcomes: vec![f("ECONNREFUSED", 3), f("ETIMEDOUT", 2)],
             ..Default::default()
         };
         let t = targets(&snap);

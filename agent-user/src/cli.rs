@@ -137,10 +137,7 @@ mod tests {
 
     #[test]
     fn zero_min_attempts_is_rejected_by_key() {
-        let e = run_args(&["--min-attempts", "0"])
-            .unwrap()
-            .config()
-            .unwrap_err();
+        let e = run_args(&["--min-attempts", "0"]).unwrap().config().unwrap_err();
         assert!(e.to_string().contains("min_attempts"), "{e}");
     }
 }

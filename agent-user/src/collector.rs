@@ -1,19 +1,22 @@
 //! Reads the kernel's aggregates at collection time (scrape or tick) into a [`Snapshot`] with
-//! workload names resolved. The kernel counts; this only sums per-CPU slots.
-use std::time::{Duration, Instant};
+//! labels resolved. The kernel counts; this only sums per-CPU slots.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-use agent_common::{Drop, OVERFLOW_SLOTS, Owner, TargetKey, names, proto};
+use agent_common::{Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, names, overflow, proto};
 use aya::{
-    Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    Ebpf, Pod,
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 
 use crate::{labels, workload::CgroupResolver};
 
-/// Connects older than this cannot still be in SYN_SENT (the kernel gives up after
-/// `tcp_syn_retries`); their owner entries are leftovers of connects that failed before the
-/// state change (only possible with the fentry/kprobe connect hook).
-const OWNER_MAX_AGE: Duration = Duration::from_secs(600);
+/// Owner entries go when their socket closes. One older than this is a long-lived connection
+/// (its resets then fall back to the socket's cgroup) or the leftover of a connect that failed
+/// before SYN_SENT under the fentry/kprobe connect hook; both go, so the map cannot fill up.
+const OWNER_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 const OWNER_GC_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
@@ -21,113 +24,245 @@ pub enum CollectError {
     #[error("map {name} missing from the kernel object")]
     MissingMap { name: &'static str },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
 }
 
-/// Failed connects to one target with one errno, labels resolved.
+/// Connect outcomes to one target with one errno, labels resolved. `errno` is `None` for
+/// successes (only collected for watched ports).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
+pub struct Outcome {
+    pub cgroup_id: u64,
     pub workload: String,
     pub comm: String,
     pub proto: &'static str,
     pub dst_addr: String,
     pub dst_port: u16,
-    pub errno: String,
+    pub errno: Option<String>,
     pub count: u64,
+    /// `CLOCK_MONOTONIC` of the last one.
+    pub last_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetReceived {
+    pub workload: String,
+    pub comm: String,
+    pub dst_addr: String,
+    pub dst_port: u16,
+    pub state: &'static str,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResetSent {
+    pub workload: String,
+    pub comm: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub local_addr: String,
+    pub local_port: u16,
+    pub count: u64,
+}
+
+/// Counts the kernel could not key by their full label set (map full), by what it kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overflow {
+    /// `(proto, errno) → count`.
+    pub failures: BTreeMap<(&'static str, String), u64>,
+    pub resets_received: BTreeMap<&'static str, u64>,
+    pub resets_sent: BTreeMap<String, u64>,
+    pub inbound: u64,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub failures: Vec<Failure>,
-    /// Failures that found the kernel's target map full: `(proto, errno, count)`.
-    pub overflow: Vec<(&'static str, String, u64)>,
+    /// Failures and (for watched ports) successes.
+    pub outcomes: Vec<Outcome>,
+    pub resets_received: Vec<ResetReceived>,
+    pub resets_sent: Vec<ResetSent>,
+    pub inbound: Vec<Inbound>,
+    pub overflow: Overflow,
     /// `(where, count)` for every drop point, zeros included.
     pub drops: Vec<(&'static str, u64)>,
 }
 
+impl Snapshot {
+    pub fn failures(&self) -> impl Iterator<Item = (&Outcome, &str)> {
+        self.outcomes.iter().filter_map(|o| Some((o, o.errno.as_deref()?)))
+    }
+}
+
 pub struct Collector {
-    failures: PerCpuHashMap<MapData, TargetKey, u64>,
+    targets: PerCpuHashMap<MapData, TargetKey, Counter>,
+    resets_received: PerCpuHashMap<MapData, ResetKey, u64>,
+    resets_sent: PerCpuHashMap<MapData, ResetSentKey, u64>,
+    inbound: PerCpuHashMap<MapData, InboundKey, u64>,
     overflow: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
     resolver: Option<CgroupResolver>,
+    rst_reasons: BTreeMap<u32, String>,
     last_gc: Instant,
     owners_expired: u64,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, CollectError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(CollectError::MissingMap { name })?;
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectError> {
+    let map = ebpf.take_map(name).ok_or(CollectError::MissingMap { name })?;
     T::try_from(map).map_err(|source| CollectError::Map { name, source })
+}
+
+/// Every entry of a per-CPU hash with its per-CPU values folded by `sum`.
+fn entries<K: Pod, V: Pod, R>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    name: &'static str,
+    sum: impl Fn(&PerCpuValues<V>) -> R,
+) -> Result<Vec<(K, R)>, CollectError> {
+    map.iter()
+        .map(|e| {
+            e.map(|(k, v)| (k, sum(&v)))
+                .map_err(|source| CollectError::Map { name, source })
+        })
+        .collect()
+}
+
+fn total(v: &PerCpuValues<u64>) -> u64 {
+    v.iter().sum()
 }
 
 impl Collector {
     /// Takes the aggregate maps out of `ebpf` (the programs stay attached through `ebpf`).
-    pub fn new(ebpf: &mut Ebpf, resolver: Option<CgroupResolver>) -> Result<Self, CollectError> {
+    pub fn new(
+        ebpf: &mut Ebpf,
+        resolver: Option<CgroupResolver>,
+        rst_reasons: BTreeMap<u32, String>,
+    ) -> Result<Self, CollectError> {
         Ok(Self {
-            failures: take(ebpf, names::FAILURES)?,
+            targets: take(ebpf, names::TARGETS)?,
+            resets_received: take(ebpf, names::RESETS_RECEIVED)?,
+            resets_sent: take(ebpf, names::RESETS_SENT)?,
+            inbound: take(ebpf, names::INBOUND)?,
             overflow: take(ebpf, names::OVERFLOW)?,
             drops: take(ebpf, names::DROPS)?,
             owners: take(ebpf, names::OWNERS)?,
             resolver,
+            rst_reasons,
             last_gc: Instant::now(),
             owners_expired: 0,
         })
+    }
+
+    fn workload(&mut self, cgroup_id: u64) -> String {
+        match self.resolver.as_mut() {
+            Some(r) => r.workload(cgroup_id),
+            None => format!("cgroup:{cgroup_id}"),
+        }
+    }
+
+    pub fn reason(&self, reason: u32) -> String {
+        self.rst_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("reason_{reason}"))
     }
 
     pub fn collect(&mut self) -> Result<Snapshot, CollectError> {
         if self.last_gc.elapsed() >= OWNER_GC_EVERY {
             self.expire_owners();
         }
-        let map_err = |name| move |source| CollectError::Map { name, source };
         let mut snap = Snapshot::default();
-        for entry in self.failures.iter() {
-            let (key, values) = entry.map_err(map_err(names::FAILURES))?;
-            let workload = match self.resolver.as_mut() {
-                Some(r) => r.workload(key.cgroup_id),
-                None => format!("cgroup:{}", key.cgroup_id),
-            };
-            snap.failures.push(Failure {
-                workload,
+        let targets = entries(&self.targets, names::TARGETS, |v| {
+            (
+                v.iter().map(|c| c.count).sum::<u64>(),
+                v.iter().map(|c| c.last_ns).max().unwrap_or(0),
+            )
+        })?;
+        for (key, (count, last_ns)) in targets {
+            snap.outcomes.push(Outcome {
+                cgroup_id: key.cgroup_id,
+                workload: self.workload(key.cgroup_id),
                 comm: labels::comm(&key.comm),
                 proto: labels::proto(key.proto),
                 dst_addr: labels::addr(key.daddr),
                 dst_port: key.dport,
-                errno: labels::errno(key.errno),
-                count: values.iter().sum(),
+                errno: (key.errno != 0).then(|| labels::errno(key.errno)),
+                count,
+                last_ns,
             });
         }
+        for (key, count) in entries(&self.resets_received, names::RESETS_RECEIVED, total)? {
+            snap.resets_received.push(ResetReceived {
+                workload: self.workload(key.cgroup_id),
+                comm: labels::comm(&key.comm),
+                dst_addr: labels::addr(key.daddr),
+                dst_port: key.dport,
+                state: labels::tcp_state(key.state),
+                count,
+            });
+        }
+        for (key, count) in entries(&self.resets_sent, names::RESETS_SENT, total)? {
+            snap.resets_sent.push(ResetSent {
+                workload: self.workload(key.cgroup_id),
+                comm: labels::comm(&key.comm),
+                reason: self.reason(key.reason),
+                count,
+            });
+        }
+        for (key, count) in entries(&self.inbound, names::INBOUND, total)? {
+            snap.inbound.push(Inbound {
+                local_addr: labels::addr(key.laddr),
+                local_port: key.lport,
+                count,
+            });
+        }
+        snap.overflow = self.overflow()?;
+        let map_err = |source| CollectError::Map {
+            name: names::DROPS,
+            source,
+        };
+        for what in Drop::ALL {
+            snap.drops
+                .push((what.name(), total(&self.drops.get(&(what as u32), 0).map_err(map_err)?)));
+        }
+        snap.drops.push(("owner_expired", self.owners_expired));
+        Ok(snap)
+    }
+
+    fn overflow(&self) -> Result<Overflow, CollectError> {
+        let mut o = Overflow::default();
         for (slot, values) in self.overflow.iter().enumerate() {
-            let count: u64 = values.map_err(map_err(names::OVERFLOW))?.iter().sum();
-            if count > 0 {
-                let p = if slot as u32 >= OVERFLOW_SLOTS {
+            let count = total(&values.map_err(|source| CollectError::Map {
+                name: names::OVERFLOW,
+                source,
+            })?);
+            if count == 0 {
+                continue;
+            }
+            let slot = slot as u32;
+            if slot < overflow::RESETS_RECEIVED {
+                let p = if slot >= overflow::ERRNO_SLOTS {
                     proto::UDP
                 } else {
                     proto::TCP
                 };
-                snap.overflow.push((
-                    labels::proto(p),
-                    labels::errno((slot as u32 % OVERFLOW_SLOTS) as u16),
-                    count,
-                ));
+                let errno = labels::errno((slot % overflow::ERRNO_SLOTS) as u16);
+                *o.failures.entry((labels::proto(p), errno)).or_default() += count;
+            } else if slot < overflow::RESETS_SENT {
+                *o.resets_received
+                    .entry(labels::tcp_state((slot - overflow::RESETS_RECEIVED) as u8))
+                    .or_default() += count;
+            } else if slot < overflow::INBOUND {
+                *o.resets_sent
+                    .entry(self.reason(slot - overflow::RESETS_SENT))
+                    .or_default() += count;
+            } else {
+                o.inbound += count;
             }
         }
-        for what in Drop::ALL {
-            let values = self
-                .drops
-                .get(&(what as u32), 0)
-                .map_err(map_err(names::DROPS))?;
-            snap.drops.push((what.name(), values.iter().sum()));
-        }
-        snap.drops.push(("owner_expired", self.owners_expired));
-        Ok(snap)
+        Ok(o)
     }
 
     fn expire_owners(&mut self) {
@@ -149,11 +284,8 @@ impl Collector {
 }
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

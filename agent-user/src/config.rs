@@ -8,10 +8,7 @@ use serde::{Deserialize, Deserializer, de};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("`{key}`: {message}")]
@@ -159,11 +156,8 @@ impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid duration {s:?}: expected a number with a unit (ms, s, m, h), e.g. 90s, 3m, 1h30m"
-            )
-        };
+        let bad =
+            || format!("invalid duration {s:?}: expected a number with a unit (ms, s, m, h), e.g. 90s, 3m, 1h30m");
         let mut total = Duration::ZERO;
         let mut rest = s.trim();
         if rest.is_empty() {
@@ -173,9 +167,7 @@ impl FromStr for HumanDuration {
             let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
             let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
-            let unit = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
+            let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
             let part = match &rest[..unit] {
                 "ms" => Duration::from_millis(n),
                 "s" => Duration::from_secs(n),
@@ -192,9 +184,7 @@ impl FromStr for HumanDuration {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse::<HumanDuration>()
-        .map(|h| h.0)
-        .map_err(de::Error::custom)
+    s.parse::<HumanDuration>().map(|h| h.0).map_err(de::Error::custom)
 }
 
 #[cfg(test)]
@@ -220,9 +210,7 @@ mod tests {
 
     #[test]
     fn file_overrides_defaults() {
-        let c =
-            Config::from_toml("cold_start_max = \"90s\"\nmin_attempts = 5\nattach = \"tp_btf\"\n")
-                .unwrap();
+        let c = Config::from_toml("cold_start_max = \"90s\"\nmin_attempts = 5\nattach = \"tp_btf\"\n").unwrap();
         assert_eq!(c.cold_start_max, Duration::from_secs(90));
         assert_eq!(c.min_attempts, 5);
         assert_eq!(c.attach, AttachMode::TpBtf);
@@ -234,10 +222,7 @@ mod tests {
         let e = Config::from_toml("listn = \"x\"").unwrap_err();
         assert!(e.contains("unknown field `listn`"), "{e}");
         let e = Config::from_toml("cold_start_max = \"soon\"").unwrap_err();
-        assert!(
-            e.contains("cold_start_max") && e.contains("e.g. 90s"),
-            "{e}"
-        );
+        assert!(e.contains("cold_start_max") && e.contains("e.g. 90s"), "{e}");
         let e = Config::from_toml("min_attempts = \"three\"").unwrap_err();
         assert!(e.contains("min_attempts"), "{e}");
         let c = Config {

@@ -10,41 +10,26 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    btf, caps,
     collector::{CollectError, Collector, Snapshot},
     config::Config,
     http, loader,
     metrics::AgentInfo,
-    offsets,
     series::SeriesCap,
-    tracefs,
     workload::CgroupResolver,
 };
 
-/// Why the daemon could not start; [`DaemonError::exit_code`] follows the CLI contract.
+/// Why the daemon could not start or keep running: every one exits 1 (usage errors, exit 2,
+/// never get this far).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("missing capability {0}: run as root or grant it (see README, Security)")]
-    Privilege(&'static str),
-    #[error("kernel feature missing: {0}")]
-    Kernel(String),
     #[error(transparent)]
     Load(#[from] loader::LoadError),
     #[error(transparent)]
     Collect(#[from] CollectError),
     #[error("listening on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signal(std::io::Error),
-}
-
-impl DaemonError {
-    pub fn exit_code(&self) -> i32 {
-        1
-    }
 }
 
 /// State shared by the HTTP handlers.
@@ -57,10 +42,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn snapshot(&self) -> Result<Snapshot, CollectError> {
-        self.collector
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .collect()
+        self.collector.lock().unwrap_or_else(|p| p.into_inner()).collect()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -74,42 +56,20 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// Everything up to attached programs: shared by `run`, `check` and `trace`.
-pub struct Kernel {
-    pub btf: aya::Btf,
-    pub offsets: agent_common::Offsets,
-}
-
-pub fn prepare_kernel() -> Result<Kernel, DaemonError> {
-    if let Some(cap) = caps::missing_for_bpf(caps::effective()) {
-        return Err(DaemonError::Privilege(cap));
-    }
-    if let Err(e) = tracefs::ensure_mounted() {
-        tracing::warn!(error = %e, "tracefs is not mounted and could not be mounted: classic tracepoints unavailable");
-    }
-    let ours = btf::Btf::from_sys()
-        .map_err(|e| DaemonError::Kernel(format!("kernel BTF (CONFIG_DEBUG_INFO_BTF): {e}")))?;
-    let offsets = offsets::resolve(&ours).map_err(|e| DaemonError::Kernel(e.to_string()))?;
-    let btf = aya::Btf::from_sys_fs()
-        .map_err(|e| DaemonError::Kernel(format!("kernel BTF (CONFIG_DEBUG_INFO_BTF): {e}")))?;
-    Ok(Kernel { btf, offsets })
-}
-
 pub async fn run(cfg: Config) -> Result<(), DaemonError> {
-    let kernel = prepare_kernel()?;
-    let mut loaded = loader::load_and_attach(&kernel.btf, &kernel.offsets, cfg.attach)?;
+    let kernel = loader::prepare()?;
+    for w in &kernel.resolved.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut loaded = loader::load_and_attach(&kernel, cfg.attach, false)?;
     for h in &loaded.hooks {
-        let refused: Vec<String> = h
-            .refused
-            .iter()
-            .map(|(m, why)| format!("{m}: {why}"))
-            .collect();
+        let refused: Vec<String> = h.refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
         tracing::info!(hook = h.hook, mode = %h.mode.map_or("none", |m| m.name()), refused = ?refused, "hook attached");
     }
     let resolver = CgroupResolver::new()
         .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
         .ok();
-    let collector = Collector::new(&mut loaded.ebpf, resolver)?;
+    let collector = Collector::new(&mut loaded.ebpf, resolver, kernel.resolved.rst_reasons.clone())?;
     let shared = Arc::new(Shared {
         collector: Mutex::new(collector),
         series: Mutex::new(SeriesCap::new(cfg.max_series)),

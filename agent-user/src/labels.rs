@@ -30,6 +30,26 @@ pub fn proto(p: u8) -> &'static str {
     }
 }
 
+/// TCP state names as `include/net/tcp_states.h` spells them, lower case.
+pub fn tcp_state(s: u8) -> &'static str {
+    match s {
+        1 => "established",
+        2 => "syn_sent",
+        3 => "syn_recv",
+        4 => "fin_wait1",
+        5 => "fin_wait2",
+        6 => "time_wait",
+        7 => "close",
+        8 => "close_wait",
+        9 => "last_ack",
+        10 => "listen",
+        11 => "closing",
+        12 => "new_syn_recv",
+        13 => "bound_inactive",
+        _ => "unknown",
+    }
+}
+
 /// Symbolic errno name (`ECONNREFUSED`); unknown values as `E<number>`.
 pub fn errno(e: u16) -> String {
     let name = match e {
@@ -89,6 +109,14 @@ mod tests {
         assert_eq!(comm(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
         assert_eq!(comm(&[0; 16]), "unknown");
         assert_eq!(comm(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn tcp_state_names() {
+        assert_eq!(tcp_state(1), "established");
+        assert_eq!(tcp_state(2), "syn_sent");
+        assert_eq!(tcp_state(8), "close_wait");
+        assert_eq!(tcp_state(200), "unknown");
     }
 
     #[test]

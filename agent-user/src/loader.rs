@@ -1,14 +1,14 @@
 //! Loading the kernel object and attaching each hook through its own fallback chain. Every
 //! refused mode is remembered with the reason, for the log, `check` and
 //! `refusal_agent_probe_attached`.
-use agent_common::{Offsets, config, names};
+use agent_common::{config, names};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::Array,
     programs::{BtfTracePoint, FEntry, KProbe, ProgramError, TracePoint},
 };
 
-use crate::config::AttachMode;
+use crate::{caps, config::AttachMode, offsets, offsets::Resolved, tracefs};
 
 /// The embedded kernel object, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf"));
@@ -25,24 +25,25 @@ pub enum Attach {
         program: &'static str,
         tracepoint: &'static str,
     },
-    Tracepoint {
-        program: &'static str,
-        category: &'static str,
-        name: &'static str,
-    },
+    /// `(program, category, event)`: all must attach.
+    Tracepoint(&'static [(&'static str, &'static str, &'static str)]),
     /// Provided by another hook's program when that hook attached in the same mode.
     SameAs(&'static str),
 }
 
 pub struct Hook {
     pub name: &'static str,
+    /// Without a required hook the daemon cannot count anything and refuses to start; the others
+    /// degrade to `refusal_agent_probe_attached{hook} == 0` (and an alert).
+    pub required: bool,
     pub chain: &'static [(AttachMode, Attach)],
 }
 
-/// In attach order: `connect` may ride on `state`, so `state` goes first.
+/// In attach order: a hook that rides on another comes after it.
 pub static HOOKS: &[Hook] = &[
     Hook {
         name: "state",
+        required: true,
         chain: &[
             (
                 AttachMode::TpBtf,
@@ -53,16 +54,13 @@ pub static HOOKS: &[Hook] = &[
             ),
             (
                 AttachMode::Tracepoint,
-                Attach::Tracepoint {
-                    program: "sock_state_tp",
-                    category: "sock",
-                    name: "inet_sock_set_state",
-                },
+                Attach::Tracepoint(&[("sock_state_tp", "sock", "inet_sock_set_state")]),
             ),
         ],
     },
     Hook {
         name: "connect",
+        required: true,
         chain: &[
             (
                 AttachMode::Fentry,
@@ -82,10 +80,99 @@ pub static HOOKS: &[Hook] = &[
             (AttachMode::Tracepoint, Attach::SameAs("state")),
         ],
     },
+    Hook {
+        name: "connect_sync",
+        required: false,
+        chain: &[(
+            AttachMode::Tracepoint,
+            Attach::Tracepoint(&[
+                ("connect_enter", "syscalls", "sys_enter_connect"),
+                ("connect_exit", "syscalls", "sys_exit_connect"),
+            ]),
+        )],
+    },
+    Hook {
+        name: "error_report",
+        required: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "error_report_btf",
+                    tracepoint: "inet_sk_error_report",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("error_report_tp", "sock", "inet_sk_error_report")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "send_reset",
+        required: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "send_reset_btf",
+                    tracepoint: "tcp_send_reset",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("send_reset_tp", "tcp", "tcp_send_reset")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "inbound",
+        required: false,
+        chain: &[
+            (AttachMode::TpBtf, Attach::SameAs("send_reset")),
+            (AttachMode::Tracepoint, Attach::SameAs("send_reset")),
+            // Before 6.10 `tcp_send_reset` does not fire without a socket.
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "kfree_skb_btf",
+                    tracepoint: "kfree_skb",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("kfree_skb_tp", "skb", "kfree_skb")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "receive_reset",
+        required: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "receive_reset_btf",
+                    tracepoint: "tcp_receive_reset",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("receive_reset_tp", "tcp", "tcp_receive_reset")]),
+            ),
+        ],
+    },
 ];
+
+/// BTF tracepoints whose programs read an argument that older kernels lack.
+const TP_BTF_ARGS: &[(&str, usize)] = &[("tcp_send_reset", 3), ("kfree_skb", 3)];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error("missing capability {0}: run as root or grant it (see README, Security)")]
+    Privilege(&'static str),
+    #[error("kernel feature missing: {0}")]
+    Kernel(String),
     #[error("loading the kernel object: {0}")]
     Object(#[source] aya::EbpfError),
     #[error("hook {hook}: forced attach mode {mode} failed: {why}")]
@@ -124,21 +211,41 @@ pub struct Loaded {
     pub hooks: Vec<HookReport>,
 }
 
-pub fn load(btf: &Btf, offsets: &Offsets) -> Result<Ebpf, LoadError> {
+/// What attaching needs to know about the running kernel.
+pub struct Kernel {
+    pub btf: Btf,
+    ours: crate::btf::Btf,
+    pub resolved: Resolved,
+}
+
+/// Checks privileges, mounts tracefs when missing, reads BTF and resolves offsets.
+pub fn prepare() -> Result<Kernel, LoadError> {
+    if let Some(cap) = caps::missing_for_bpf(caps::effective()) {
+        return Err(LoadError::Privilege(cap));
+    }
+    if let Err(e) = tracefs::ensure_mounted() {
+        tracing::warn!(error = %e, "tracefs is not mounted and could not be mounted: classic tracepoints unavailable");
+    }
+    let no_btf = |e: &dyn std::fmt::Display| LoadError::Kernel(format!("kernel BTF (CONFIG_DEBUG_INFO_BTF): {e}"));
+    let ours = crate::btf::Btf::from_sys().map_err(|e| no_btf(&e))?;
+    let resolved = offsets::resolve(&ours).map_err(|e| LoadError::Kernel(e.to_string()))?;
+    let btf = Btf::from_sys_fs().map_err(|e| no_btf(&e))?;
+    Ok(Kernel { btf, ours, resolved })
+}
+
+/// `emit_events`: only `trace` streams individual events; the daemon's programs never do.
+pub fn load(kernel: &Kernel, emit_events: bool) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
-        .btf(Some(btf))
-        .override_global(names::OFFSETS, offsets, true)
+        .btf(Some(&kernel.btf))
+        .override_global(names::OFFSETS, &kernel.resolved.offsets, true)
+        .override_global(names::EMIT_EVENTS, &u8::from(emit_events), true)
         .load(OBJECT)
         .map_err(LoadError::Object)
 }
 
 /// Loads the object and attaches every hook, forcing `mode` on the hooks that offer it.
-pub fn load_and_attach(
-    btf: &Btf,
-    offsets: &Offsets,
-    mode: AttachMode,
-) -> Result<Loaded, LoadError> {
-    let mut ebpf = load(btf, offsets)?;
+pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, emit_events: bool) -> Result<Loaded, LoadError> {
+    let mut ebpf = load(kernel, emit_events)?;
     let mut hooks: Vec<HookReport> = Vec::new();
     for hook in HOOKS {
         let forced = mode != AttachMode::Auto && hook.chain.iter().any(|(m, _)| *m == mode);
@@ -148,35 +255,33 @@ pub fn load_and_attach(
             refused: Vec::new(),
         };
         for (m, attach) in hook.chain.iter().filter(|(m, _)| !forced || *m == mode) {
-            match attach_one(&mut ebpf, btf, attach, *m, &hooks) {
+            match attach_one(&mut ebpf, kernel, attach, *m, &hooks) {
                 Ok(()) => {
                     report.mode = Some(*m);
                     break;
                 }
-                Err(why) if forced => {
-                    return Err(LoadError::Forced {
-                        hook: hook.name,
-                        mode: *m,
-                        why,
-                    });
-                }
                 Err(why) => report.refused.push((*m, why)),
             }
         }
-        if report.mode.is_none() {
-            return Err(LoadError::NoMode {
-                hook: hook.name,
-                refused: report.refused,
+        // Optional hooks degrade, forced or not: the daemon still counts what it can.
+        if report.mode.is_none() && hook.required {
+            let (hook, refused) = (hook.name, report.refused);
+            return Err(match forced {
+                true => LoadError::Forced {
+                    hook,
+                    mode,
+                    why: summary(&refused),
+                },
+                false => LoadError::NoMode { hook, refused },
             });
         }
         hooks.push(report);
     }
-    let from_connect = hooks.iter().any(|h| {
-        h.hook == "connect" && matches!(h.mode, Some(AttachMode::Fentry | AttachMode::Kprobe))
-    });
+    let from_connect = hooks
+        .iter()
+        .any(|h| h.hook == "connect" && matches!(h.mode, Some(AttachMode::Fentry | AttachMode::Kprobe)));
     let mut cfg: Array<_, u32> =
-        Array::try_from(ebpf.map_mut(names::CONFIG).expect("CONFIG map in object"))
-            .map_err(LoadError::Config)?;
+        Array::try_from(ebpf.map_mut(names::CONFIG).expect("CONFIG map in object")).map_err(LoadError::Config)?;
     cfg.set(config::OWNER_FROM_CONNECT, u32::from(from_connect), 0)
         .map_err(LoadError::Config)?;
     Ok(Loaded { ebpf, hooks })
@@ -186,24 +291,23 @@ pub fn load_and_attach(
 pub type Probe = (&'static str, Vec<(AttachMode, Result<(), String>)>);
 
 /// Tries every mode of every hook independently (a fresh object per attempt), for `check`.
-pub fn probe_all(btf: &Btf, offsets: &Offsets) -> Result<Vec<Probe>, LoadError> {
-    let mut out = Vec::new();
+pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
+    let mut out: Vec<Probe> = Vec::new();
     for hook in HOOKS {
         let mut modes = Vec::new();
         for (m, attach) in hook.chain {
-            let mut ebpf = load(btf, offsets)?;
             let result = match attach {
                 // Shares the other hook's program: works where that one does in this mode.
                 Attach::SameAs(other) => out
                     .iter()
-                    .find(|(h, _): &&Probe| h == other)
+                    .find(|(h, _)| h == other)
                     .and_then(|(_, ms)| ms.iter().find(|(om, _)| om == m))
                     .map(|(_, r)| {
                         r.clone()
                             .map_err(|why| format!("{other} hook in {m} mode refused: {why}"))
                     })
                     .unwrap_or_else(|| Err(format!("{other} hook not probed"))),
-                _ => attach_one(&mut ebpf, btf, attach, *m, &[]),
+                _ => attach_one(&mut load(kernel, false)?, kernel, attach, *m, &[]),
             };
             modes.push((*m, result));
         }
@@ -214,15 +318,19 @@ pub fn probe_all(btf: &Btf, offsets: &Offsets) -> Result<Vec<Probe>, LoadError> 
 
 fn attach_one(
     ebpf: &mut Ebpf,
-    btf: &Btf,
+    kernel: &Kernel,
     attach: &Attach,
     mode: AttachMode,
     done: &[HookReport],
 ) -> Result<(), String> {
     let explain = |e: ProgramError| explain(mode, &error_chain(&e));
+    let btf = &kernel.btf;
     match attach {
         Attach::Fentry(targets) => {
             for (program, function) in *targets {
+                if !kernel.ours.has_func(function) {
+                    return Err(format!("{function} is not in the kernel's BTF"));
+                }
                 let prog: &mut FEntry = program_mut(ebpf, program)?;
                 prog.load(function, btf).map_err(explain)?;
                 prog.attach().map_err(explain)?;
@@ -244,27 +352,34 @@ fn attach_one(
                 }
             }
         }
-        Attach::TpBtf {
-            program,
-            tracepoint,
-        } => {
+        Attach::TpBtf { program, tracepoint } => {
+            if let Some((_, want)) = TP_BTF_ARGS.iter().find(|(t, _)| t == tracepoint) {
+                let have = kernel
+                    .ours
+                    .tracepoint_arg_count(tracepoint)
+                    .map_err(|e| e.to_string())?;
+                if have < *want {
+                    return Err(format!(
+                        "{tracepoint} has {have} arguments on this kernel, the program needs {want}"
+                    ));
+                }
+            }
             let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
             prog.load(tracepoint, btf).map_err(explain)?;
             prog.attach().map_err(explain)?;
         }
-        Attach::Tracepoint {
-            program,
-            category,
-            name,
-        } => {
-            if let Err(e) = crate::tracefs::ensure_mounted() {
-                return Err(format!(
-                    "tracefs is not mounted and mounting it failed: {e}"
-                ));
+        Attach::Tracepoint(events) => {
+            if let Some(why) = events
+                .iter()
+                .find_map(|(_, _, name)| kernel.resolved.tracepoints_unavailable.get(name))
+            {
+                return Err(why.clone());
             }
-            let prog: &mut TracePoint = program_mut(ebpf, program)?;
-            prog.load().map_err(explain)?;
-            prog.attach(category, name).map_err(explain)?;
+            for (program, category, name) in *events {
+                let prog: &mut TracePoint = program_mut(ebpf, program)?;
+                prog.load().map_err(explain)?;
+                prog.attach(category, name).map_err(explain)?;
+            }
         }
         Attach::SameAs(other) => {
             let theirs = done.iter().find(|h| h.hook == *other).and_then(|h| h.mode);
@@ -306,24 +421,56 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Adds what a person needs to know to an attach error: the usual causes on hardened kernels.
 pub fn explain(mode: AttachMode, error: &str) -> String {
     let hint = match mode {
-        AttachMode::Fentry
-            if error.contains("Operation not permitted") || error.contains("EPERM") =>
-        {
+        AttachMode::Fentry if error.contains("Operation not permitted") || error.contains("EPERM") => {
             Some("refused with EPERM: kernel lockdown (integrity mode) forbids fentry/fexit")
         }
         AttachMode::Kprobe if error.contains("kprobe/type") || error.contains("No such file") => {
             Some("this kernel has no kprobes (CONFIG_KPROBES unset)")
         }
-        AttachMode::TpBtf | AttachMode::Fentry
-            if error.contains("BTF") || error.contains("btf") =>
-        {
+        AttachMode::TpBtf | AttachMode::Fentry if error.contains("BTF") || error.contains("btf") => {
             Some("needs kernel BTF (/sys/kernel/btf/vmlinux)")
         }
         _ => None,
     };
+    let error = verifier_summary(error);
     match hint {
         Some(h) => format!("{h} ({error})"),
-        None => error.to_string(),
+        None => error,
+    }
+}
+
+/// A verifier log is hundreds of lines; the reason is the line before its statistics.
+fn verifier_summary(error: &str) -> String {
+    let Some((head, log)) = error.split_once("Verifier output:") else {
+        return error.to_string();
+    };
+    let reason = log
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("verification time"))
+        .filter(|l| !l.is_empty() && *l != ")")
+        .last()
+        .unwrap_or("");
+    let head = head.trim_end_matches([' ', '.']);
+    if reason.is_empty() {
+        format!("{head}, empty verifier log")
+    } else {
+        format!("{head}. verifier: {reason}")
+    }
+}
+
+/// What a mode of a hook attaches to, for `check`.
+pub fn target(attach: &Attach) -> String {
+    match attach {
+        Attach::Fentry(t) => t.iter().map(|(_, f)| *f).collect::<Vec<_>>().join(","),
+        Attach::Kprobe { functions, .. } => functions.join(","),
+        Attach::TpBtf { tracepoint, .. } => tracepoint.to_string(),
+        Attach::Tracepoint(events) => events
+            .iter()
+            .map(|(_, c, n)| format!("{c}:{n}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        Attach::SameAs(other) => format!("(with {other})"),
     }
 }
 
@@ -334,11 +481,8 @@ mod tests {
     #[test]
     fn explains_lockdown_and_missing_kprobes() {
         assert!(
-            explain(
-                AttachMode::Fentry,
-                "load failed: Operation not permitted (os error 1)"
-            )
-            .starts_with("refused with EPERM")
+            explain(AttachMode::Fentry, "load failed: Operation not permitted (os error 1)")
+                .starts_with("refused with EPERM")
         );
         assert!(
             explain(
@@ -348,6 +492,11 @@ mod tests {
             .starts_with("this kernel has no kprobes")
         );
         assert_eq!(explain(AttachMode::Tracepoint, "boom"), "boom");
+        let log = "load failed: Permission denied (os error 13). Verifier output: 0: R1=ctx()\n76: (0f) r3 += r2\nR3 pointer arithmetic prohibited\nverification time 2190 usec\nstack depth 8\n)";
+        assert_eq!(
+            explain(AttachMode::TpBtf, log),
+            "load failed: Permission denied (os error 13). verifier: R3 pointer arithmetic prohibited"
+        );
     }
 
     #[test]

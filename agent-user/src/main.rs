@@ -26,8 +26,7 @@ use crate::{
 };
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REFUSAL_LOG")
-        .unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REFUSAL_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -66,7 +65,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("refusal-agent: {e}");
-                    ExitCode::from(e.exit_code() as u8)
+                    ExitCode::from(1)
                 }
             }
         }

@@ -17,6 +17,9 @@ use crate::{
 };
 
 pub const CONNECT_FAILURES: &str = "refusal_connect_failures_total";
+pub const RESETS_RECEIVED: &str = "refusal_resets_received_total";
+pub const RESETS_SENT: &str = "refusal_resets_sent_total";
+pub const INBOUND_REFUSED: &str = "refusal_inbound_refused_total";
 
 /// What the agent knows about itself, rendered as `refusal_agent_*` metrics.
 #[derive(Clone, Debug)]
@@ -26,15 +29,10 @@ pub struct AgentInfo {
     pub hooks: Vec<HookReport>,
 }
 
-type Samples = BTreeMap<Vec<String>, f64>;
+pub type Samples = BTreeMap<Vec<String>, f64>;
 
-fn family(
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    label_names: &[&str],
-    samples: Samples,
-) -> MetricFamily {
+/// One metric family from label values in `label_names` order; gauges unless `counter`.
+pub fn family(name: &str, help: &str, kind: MetricType, label_names: &[&str], samples: Samples) -> MetricFamily {
     let metrics = samples
         .into_iter()
         .map(|(values, v)| {
@@ -51,17 +49,14 @@ fn family(
                     })
                     .collect(),
             );
-            match kind {
-                MetricType::COUNTER => {
-                    let mut c = Counter::default();
-                    c.set_value(v);
-                    m.set_counter(c);
-                }
-                _ => {
-                    let mut g = Gauge::default();
-                    g.set_value(v);
-                    m.set_gauge(g);
-                }
+            if kind == MetricType::COUNTER {
+                let mut c = Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            } else {
+                let mut g = Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
             }
             m
         })
@@ -74,47 +69,101 @@ fn family(
     f
 }
 
+/// Adds `count` under `labels`, or under `labels` with the `fold` positions set to `other` once
+/// `metric` holds `max_series` label sets.
+fn add(
+    samples: &mut Samples,
+    series: &mut SeriesCap,
+    metric: &'static str,
+    mut labels: Vec<String>,
+    fold: &[usize],
+    count: u64,
+) {
+    if !series.admit(metric, &labels) {
+        for &i in fold {
+            labels[i] = OTHER.into();
+        }
+    }
+    *samples.entry(labels).or_default() += count as f64;
+}
+
+fn other() -> String {
+    OTHER.into()
+}
+
 pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<MetricFamily> {
     let mut failures = Samples::new();
-    for f in &snap.failures {
-        let mut labels = vec![
+    for (f, errno) in snap.failures() {
+        let labels = vec![
             f.workload.clone(),
             f.comm.clone(),
-            f.proto.to_string(),
+            f.proto.into(),
             f.dst_addr.clone(),
             f.dst_port.to_string(),
-            f.errno.clone(),
+            errno.into(),
         ];
-        if !series.admit(CONNECT_FAILURES, &labels) {
-            labels[3] = OTHER.into();
-            labels[4] = OTHER.into();
-        }
-        *failures.entry(labels).or_default() += f.count as f64;
+        add(&mut failures, series, CONNECT_FAILURES, labels, &[3, 4], f.count);
     }
-    for (proto, errno, count) in &snap.overflow {
+    for ((proto, errno), count) in &snap.overflow.failures {
+        *failures
+            .entry(vec![other(), other(), (*proto).into(), other(), other(), errno.clone()])
+            .or_default() += *count as f64;
+    }
+
+    let mut received = Samples::new();
+    for r in &snap.resets_received {
         let labels = vec![
-            OTHER.into(),
-            OTHER.into(),
-            proto.to_string(),
-            OTHER.into(),
-            OTHER.into(),
-            errno.clone(),
+            r.workload.clone(),
+            r.comm.clone(),
+            r.dst_addr.clone(),
+            r.dst_port.to_string(),
+            r.state.into(),
         ];
-        *failures.entry(labels).or_default() += *count as f64;
+        add(&mut received, series, RESETS_RECEIVED, labels, &[2, 3], r.count);
+    }
+    for (state, count) in &snap.overflow.resets_received {
+        *received
+            .entry(vec![other(), other(), other(), other(), (*state).into()])
+            .or_default() += *count as f64;
+    }
+
+    let mut sent = Samples::new();
+    for r in &snap.resets_sent {
+        add(
+            &mut sent,
+            series,
+            RESETS_SENT,
+            vec![r.workload.clone(), r.comm.clone(), r.reason.clone()],
+            &[0, 1],
+            r.count,
+        );
+    }
+    for (reason, count) in &snap.overflow.resets_sent {
+        *sent.entry(vec![other(), other(), reason.clone()]).or_default() += *count as f64;
+    }
+
+    let mut inbound = Samples::new();
+    for i in &snap.inbound {
+        add(
+            &mut inbound,
+            series,
+            INBOUND_REFUSED,
+            vec![i.local_addr.clone(), i.local_port.to_string()],
+            &[1],
+            i.count,
+        );
+    }
+    if snap.overflow.inbound > 0 {
+        *inbound.entry(vec![other(), other()]).or_default() += snap.overflow.inbound as f64;
     }
 
     let mut attached = Samples::new();
     for hook in HOOKS {
-        let used = info
-            .hooks
-            .iter()
-            .find(|h| h.hook == hook.name)
-            .and_then(|h| h.mode);
+        let used = info.hooks.iter().find(|h| h.hook == hook.name).and_then(|h| h.mode);
         for (mode, _) in hook.chain {
-            attached.insert(
-                vec![hook.name.to_string(), mode.name().to_string()],
-                f64::from(u8::from(used == Some(*mode))),
-            );
+            // A chain may list a mode twice (inbound: tcp_send_reset, then kfree_skb).
+            let v = attached.entry(vec![hook.name.into(), mode.name().into()]).or_default();
+            *v = v.max(f64::from(u8::from(used == Some(*mode))));
         }
     }
     let drops: Samples = snap
@@ -122,7 +171,9 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<
         .iter()
         .map(|(w, n)| (vec![w.to_string()], *n as f64))
         .collect();
-    let overflow: Samples = std::iter::once((CONNECT_FAILURES, 0))
+    let overflow: Samples = [CONNECT_FAILURES, RESETS_RECEIVED, RESETS_SENT, INBOUND_REFUSED]
+        .into_iter()
+        .map(|m| (m, 0))
         .chain(series.overflow())
         .map(|(m, n)| (vec![m.to_string()], n as f64))
         .collect();
@@ -135,6 +186,27 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<
             MetricType::COUNTER,
             &["workload", "comm", "proto", "dst_addr", "dst_port", "errno"],
             failures,
+        ),
+        family(
+            RESETS_RECEIVED,
+            "RSTs received, by remote end and the TCP state the RST hit.",
+            MetricType::COUNTER,
+            &["workload", "comm", "dst_addr", "dst_port", "state"],
+            received,
+        ),
+        family(
+            RESETS_SENT,
+            "RSTs this host's sockets sent, by sk_rst_reason.",
+            MetricType::COUNTER,
+            &["workload", "comm", "reason"],
+            sent,
+        ),
+        family(
+            INBOUND_REFUSED,
+            "Inbound connection attempts this host refused (RST, no socket), by local address and port.",
+            MetricType::COUNTER,
+            &["local_addr", "local_port"],
+            inbound,
         ),
         family(
             "refusal_agent_build_info",
@@ -202,17 +274,22 @@ impl Collector for Exporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collector::Failure, config::AttachMode};
+    use crate::{
+        collector::{Outcome, Overflow},
+        config::AttachMode,
+    };
 
-    fn failure(addr: &str, port: u16, count: u64) -> Failure {
-        Failure {
+    fn failure(addr: &str, port: u16, count: u64) -> Outcome {
+        Outcome {
+            cgroup_id: 1,
             workload: "/".into(),
             comm: "curl".into(),
             proto: "tcp",
             dst_addr: addr.into(),
             dst_port: port,
-            errno: "ECONNREFUSED".into(),
+            errno: Some("ECONNREFUSED".into()),
             count,
+            last_ns: 0,
         }
     }
 
@@ -237,8 +314,12 @@ mod tests {
 
     #[test]
     fn renders_failures_with_design_labels() {
+        let success = Outcome {
+            errno: None,
+            ..failure("127.0.0.1", 9, 3)
+        };
         let snap = Snapshot {
-            failures: vec![failure("127.0.0.1", 9, 500)],
+            outcomes: vec![failure("127.0.0.1", 9, 500), success],
             ..Default::default()
         };
         let text = encode(&render(&snap, &mut SeriesCap::new(10), &info())).unwrap();
@@ -249,19 +330,61 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("refusal_agent_probe_attached{hook=\"state\",mode=\"tp_btf\"} 1\n"));
-        assert!(
-            text.contains("refusal_agent_probe_attached{hook=\"connect\",mode=\"fentry\"} 0\n")
-        );
+        assert!(text.contains("refusal_agent_probe_attached{hook=\"connect\",mode=\"fentry\"} 0\n"));
         assert!(text.contains("refusal_agent_build_info{version=\"0.1.0\",kernel=\"6.18.0\"} 1\n"));
+        // Successes feed verdicts only; the failure counter holds exactly the failures.
+        assert_eq!(text.matches("refusal_connect_failures_total{").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn renders_resets_and_inbound_and_their_overflow() {
+        let snap = Snapshot {
+            resets_received: vec![crate::collector::ResetReceived {
+                workload: "/".into(),
+                comm: "unknown".into(),
+                dst_addr: "::1".into(),
+                dst_port: 80,
+                state: "established",
+                count: 2,
+            }],
+            resets_sent: vec![crate::collector::ResetSent {
+                workload: "/".into(),
+                comm: "srv".into(),
+                reason: "tcp_abort_on_linger".into(),
+                count: 4,
+            }],
+            inbound: vec![crate::collector::Inbound {
+                local_addr: "10.0.0.1".into(),
+                local_port: 8080,
+                count: 9,
+            }],
+            overflow: Overflow {
+                inbound: 5,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = encode(&render(&snap, &mut SeriesCap::new(10), &info())).unwrap();
+        for line in [
+            "refusal_resets_received_total{workload=\"/\",comm=\"unknown\",dst_addr=\"::1\",dst_port=\"80\",state=\"established\"} 2\n",
+            "refusal_resets_sent_total{workload=\"/\",comm=\"srv\",reason=\"tcp_abort_on_linger\"} 4\n",
+            "refusal_inbound_refused_total{local_addr=\"10.0.0.1\",local_port=\"8080\"} 9\n",
+            "refusal_inbound_refused_total{local_addr=\"other\",local_port=\"other\"} 5\n",
+            // inbound lists tp_btf twice (tcp_send_reset, kfree_skb): one series, not attached here.
+            "refusal_agent_probe_attached{hook=\"inbound\",mode=\"tp_btf\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 
     #[test]
     fn folding_keeps_totals_exact() {
         let snap = Snapshot {
-            failures: (0..5)
-                .map(|i| failure(&format!("10.0.0.{i}"), 80, 10 + i))
-                .collect(),
-            overflow: vec![("tcp", "ECONNREFUSED".into(), 7)],
+            outcomes: (0..5).map(|i| failure(&format!("10.0.0.{i}"), 80, 10 + i)).collect(),
+            overflow: Overflow {
+                failures: [(("tcp", "ECONNREFUSED".to_string()), 7)].into_iter().collect(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut cap = SeriesCap::new(2);
@@ -269,17 +392,11 @@ mod tests {
         let failures = &fams[0];
         // 2 admitted, the 3 folded ones under dst_addr="other", and the kernel's overflow slot.
         assert_eq!(failures.get_metric().len(), 4);
-        let total: f64 = failures
-            .get_metric()
-            .iter()
-            .map(|m| m.get_counter().get_value())
-            .sum();
+        let total: f64 = failures.get_metric().iter().map(|m| m.get_counter().get_value()).sum();
         assert_eq!(total, (10 + 11 + 12 + 13 + 14 + 7) as f64);
         let text = encode(&fams).unwrap();
         assert!(
-            text.contains(
-                "refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 3\n"
-            ),
+            text.contains("refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 3\n"),
             "{text}"
         );
     }

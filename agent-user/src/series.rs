@@ -32,10 +32,7 @@ impl SeriesCap {
             admitted.insert(labels.to_vec());
             return true;
         }
-        self.folded
-            .entry(metric)
-            .or_default()
-            .insert(labels.to_vec());
+        self.folded.entry(metric).or_default().insert(labels.to_vec());
         false
     }
 

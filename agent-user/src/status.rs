@@ -10,15 +10,15 @@ use std::{
 use crate::{api::Target, config::AttachMode, daemon, loader};
 
 pub fn check(mode: AttachMode) -> ExitCode {
-    let kernel = match daemon::prepare_kernel() {
+    let kernel = match loader::prepare() {
         Ok(k) => k,
         Err(e) => {
             eprintln!("refusal-agent: {e}");
-            return ExitCode::from(e.exit_code() as u8);
+            return ExitCode::from(1);
         }
     };
     println!("kernel {}", daemon::kernel_release());
-    let probed = match loader::probe_all(&kernel.btf, &kernel.offsets) {
+    let probed = match loader::probe_all(&kernel) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("refusal-agent: {e}");
@@ -26,28 +26,28 @@ pub fn check(mode: AttachMode) -> ExitCode {
         }
     };
     let mut all_ok = true;
-    println!("{:<10} {:<12} {:<8} detail", "hook", "mode", "works");
-    for (hook, modes) in &probed {
+    println!("{:<14} {:<11} {:<40} {:<6} detail", "HOOK", "MODE", "TARGET", "WORKS");
+    for ((hook, modes), spec) in probed.iter().zip(loader::HOOKS) {
+        // The mode the daemon would use: the first that works, in chain order.
         let chosen = modes
             .iter()
-            .find(|(m, r)| r.is_ok() && (mode == AttachMode::Auto || *m == mode))
-            .map(|(m, _)| *m);
-        all_ok &= chosen.is_some();
-        for (m, result) in modes {
+            .position(|(m, r)| r.is_ok() && (mode == AttachMode::Auto || *m == mode));
+        all_ok &= chosen.is_some() || !spec.required;
+        for (i, ((m, result), (_, attach))) in modes.iter().zip(spec.chain).enumerate() {
             let works = if result.is_ok() { "yes" } else { "no" };
             let detail = match result {
-                Ok(()) if Some(*m) == chosen => "used".to_string(),
+                Ok(()) if Some(i) == chosen => "used".to_string(),
                 Ok(()) => "available".to_string(),
                 Err(why) => why.clone(),
             };
-            println!("{hook:<10} {:<12} {works:<8} {detail}", m.name());
+            println!(
+                "{hook:<14} {:<11} {:<40} {works:<6} {detail}",
+                m.name(),
+                loader::target(attach)
+            );
         }
     }
-    if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 pub fn status(listen: SocketAddr) -> ExitCode {
@@ -64,16 +64,13 @@ pub fn status(listen: SocketAddr) -> ExitCode {
 }
 
 fn fetch_targets(addr: SocketAddr) -> Result<Vec<Target>, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     write!(s, "GET /api/targets HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(head.lines().next().unwrap_or_default().to_string());
     }

@@ -6,22 +6,12 @@ pub const ROOT: &str = "/sys/kernel/tracing";
 
 /// Mounts tracefs at [`ROOT`] unless it is already there (or the legacy debugfs path is).
 pub fn ensure_mounted() -> io::Result<()> {
-    if Path::new(ROOT).join("events").is_dir()
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
-    {
+    if Path::new(ROOT).join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
         return Ok(());
     }
     let (src, target, fs) = (c"nodev", c"/sys/kernel/tracing", c"tracefs");
     // SAFETY: static NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fs.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(())
     } else {

@@ -19,11 +19,7 @@ pub fn from_cgroup_path(path: &str) -> String {
     if let Some(unit) = leaf.strip_suffix(".service") {
         return format!("service:{unit}.service");
     }
-    if path.is_empty() {
-        "/".into()
-    } else {
-        path.into()
-    }
+    if path.is_empty() { "/".into() } else { path.into() }
 }
 
 /// A 64-hex container id in a runtime's scope or directory name: `docker-<id>.scope`,
@@ -57,10 +53,7 @@ pub enum ResolveError {
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
     #[error("opening cgroup2 mount {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
 }
 
 /// Resolves cgroup ids (the kernel's `bpf_get_current_cgroup_id`, a kernfs inode number) to
@@ -76,15 +69,9 @@ impl CgroupResolver {
     pub fn new() -> Result<Self, ResolveError> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mount = cgroup2_mount(&mountinfo).ok_or(ResolveError::NoCgroup2)?;
-        let c = CString::new(mount.as_os_str().as_encoded_bytes())
-            .map_err(|_| ResolveError::NoCgroup2)?;
+        let c = CString::new(mount.as_os_str().as_encoded_bytes()).map_err(|_| ResolveError::NoCgroup2)?;
         // SAFETY: valid NUL-terminated path; the fd is owned below.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(ResolveError::Open {
                 path: mount,
@@ -206,10 +193,7 @@ mod tests {
 
     #[test]
     fn systemd_services_and_fallbacks() {
-        assert_eq!(
-            from_cgroup_path("/system.slice/nginx.service"),
-            "service:nginx.service"
-        );
+        assert_eq!(from_cgroup_path("/system.slice/nginx.service"), "service:nginx.service");
         assert_eq!(
             from_cgroup_path("/user.slice/user-0.slice/session-3.scope"),
             "/user.slice/user-0.slice/session-3.scope"
@@ -226,10 +210,7 @@ mod tests {
     #[test]
     fn finds_cgroup2_mount() {
         let mi = "25 30 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup2_mount(mi),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(cgroup2_mount("1 2 0:3 / / rw - ext4 /dev/vda rw\n"), None);
     }
 

@@ -19,11 +19,7 @@ fn curl_refusals_are_counted_exactly_and_attributed() {
         .arg(format!("http://127.0.0.1:{port}/[1-500]"))
         .output()
         .expect("run curl");
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "curl should fail to connect: {out:?}"
-    );
+    assert_eq!(out.status.code(), Some(7), "curl should fail to connect: {out:?}");
     let port_s = port.to_string();
     let labels = [
         ("comm", "curl"),
@@ -34,10 +30,7 @@ fn curl_refusals_are_counted_exactly_and_attributed() {
     ];
     assert_eq!(wait_value(&d, FAILURES, &labels, 500.0), 500.0);
     // Nothing else was attributed to that port.
-    assert_eq!(
-        value(&d.metrics(), FAILURES, &[("dst_port", port_s.as_str())]),
-        500.0
-    );
+    assert_eq!(value(&d.metrics(), FAILURES, &[("dst_port", port_s.as_str())]), 500.0);
     assert_eq!(d.stop(), Some(0));
 }
 
@@ -95,19 +88,11 @@ fn successful_connects_are_not_failures() {
     }
     // A refused connect afterwards proves the daemon was counting all along.
     let closed = closed_port();
-    let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], closed).into(), Duration::from_secs(1))
-        .unwrap_err();
+    let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], closed).into(), Duration::from_secs(1)).unwrap_err();
     let closed_s = closed.to_string();
+    assert_eq!(wait_value(&d, FAILURES, &[("dst_port", closed_s.as_str())], 1.0), 1.0);
     assert_eq!(
-        wait_value(&d, FAILURES, &[("dst_port", closed_s.as_str())], 1.0),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &d.metrics(),
-            FAILURES,
-            &[("dst_port", port.to_string().as_str())]
-        ),
+        value(&d.metrics(), FAILURES, &[("dst_port", port.to_string().as_str())]),
         0.0
     );
 }
@@ -127,10 +112,7 @@ fn endpoints_and_self_metrics() {
         value(
             &m,
             "refusal_agent_build_info",
-            &[
-                ("kernel", kernel.trim()),
-                ("version", env!("CARGO_PKG_VERSION"))
-            ]
+            &[("kernel", kernel.trim()), ("version", env!("CARGO_PKG_VERSION"))]
         ),
         1.0
     );
@@ -230,17 +212,10 @@ fn bad_configuration_exits_2_naming_the_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
     std::fs::write(&file, "persistent_after = \"forever\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("persistent_after") && err.contains("e.g. 90s"),
-        "{err}"
-    );
+    assert!(err.contains("persistent_after") && err.contains("e.g. 90s"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -22,10 +22,8 @@ pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:")
-                    .map(|u| u.split_whitespace().next() == Some("0"))
-            })
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().next() == Some("0")))
         })
         .unwrap_or(false)
 }
@@ -44,13 +42,7 @@ pub fn toolchain() -> Result<()> {
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         eprintln!("xtask: installing rust-src");
         let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            &toolchain,
-        ]))?;
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))?;
     }
     bpf_linker(sysroot)
 }

@@ -17,10 +17,8 @@ pub fn privileged(test: &str) -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:")
-                    .map(|u| u.split_whitespace().next() == Some("0"))
-            })
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().next() == Some("0")))
         })
         .unwrap_or(false);
     if root {
@@ -29,9 +27,7 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: needs root (CAP_BPF, CAP_PERFMON) and CI=true: refusing to skip");
     }
-    eprintln!(
-        "\n!!! SKIPPED {test}: needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs !!!\n"
-    );
+    eprintln!("\n!!! SKIPPED {test}: needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs !!!\n");
     false
 }
 
@@ -50,11 +46,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(args: &[&str]) -> Daemon {
         let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-        let log = std::env::temp_dir().join(format!(
-            "refusal-agent-test-{}-{}.log",
-            std::process::id(),
-            addr.port()
-        ));
+        let log = std::env::temp_dir().join(format!("refusal-agent-test-{}-{}.log", std::process::id(), addr.port()));
         let child = Command::new(BIN)
             .arg("run")
             .arg("--listen")
@@ -126,11 +118,7 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((code, body.to_string()))
 }
 
@@ -141,11 +129,8 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| {
             let (series, v) = l.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, val)| rest.contains(&format!("{k}=\"{val}\""))))
-            .then(|| v.parse::<f64>().ok())?
+            (n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{val}\""))))
+                .then(|| v.parse::<f64>().ok())?
         })
         .sum()
 }

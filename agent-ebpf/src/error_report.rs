@@ -1,0 +1,89 @@
+//! `inet_sk_error_report` for UDP: a connected UDP socket refused by ICMP port unreachable
+//! (ECONNREFUSED), or host/net unreachable. TCP failures are counted by `state.rs`.
+use agent_common::{Event, TargetKey, event_kind, proto};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::{maps, owner, sock};
+
+#[btf_tracepoint(function = "inet_sk_error_report")]
+pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
+    match on_error_report(ctx.arg(0)) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn on_error_report(sk: *const u8) -> Result<u32, u32> {
+    let off = sock::offsets();
+    if sock::protocol(sk, &off) != u16::from(proto::UDP) {
+        return Ok(0);
+    }
+    let err: i32 = sock::read(sk, off.sk_err)?;
+    let (daddr, dport) = sock::peer(sk, &off)?;
+    // ICMP for an unconnected socket (IP_RECVERR) has no destination to attribute it to.
+    if err <= 0 || dport == 0 {
+        return Ok(0);
+    }
+    // Loopback and veth deliver the ICMP error in the sending task's context.
+    count(owner::of_socket(sk, true), daddr, dport, err as u16);
+    Ok(0)
+}
+
+/// The classic tracepoint's record has no socket: attribution falls back to the current task.
+#[tracepoint(category = "sock", name = "inet_sk_error_report")]
+pub fn error_report_tp(ctx: TracePointContext) -> u32 {
+    match try_error_report_tp(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    let tp = sock::offsets().tp;
+    let read = |off: u32| -> Result<u16, u32> {
+        // SAFETY: offsets come from this kernel's format file for this event.
+        unsafe { ctx.read_at::<u16>(off as usize) }.map_err(|_| 0)
+    };
+    // SAFETY: as above.
+    let err = unsafe { ctx.read_at::<i32>(tp.error_report_error as usize) }.map_err(|_| 0u32)?;
+    let dport = read(tp.error_report_dport)?;
+    if read(tp.error_report_protocol)? != u16::from(proto::UDP) || err <= 0 || dport == 0 {
+        return Ok(0);
+    }
+    // SAFETY: as above.
+    let daddr = unsafe {
+        if read(tp.error_report_family)? == 2 {
+            sock::mapped(ctx.read_at(tp.error_report_daddr as usize).map_err(|_| 0u32)?)
+        } else {
+            ctx.read_at(tp.error_report_daddr_v6 as usize).map_err(|_| 0u32)?
+        }
+    };
+    count(owner::current(), daddr, dport, err as u16);
+    Ok(0)
+}
+
+#[inline(always)]
+fn count(o: agent_common::Owner, daddr: [u8; 16], dport: u16, errno: u16) {
+    maps::count_target(&TargetKey {
+        cgroup_id: o.cgroup_id,
+        daddr,
+        comm: o.comm,
+        dport,
+        errno,
+        proto: proto::UDP,
+        _pad: [0; 3],
+    });
+    maps::emit(|| Event {
+        cgroup_id: o.cgroup_id,
+        tgid: o.tgid,
+        kind: event_kind::CONNECT_FAILED,
+        proto: proto::UDP,
+        code: errno,
+        comm: o.comm,
+        daddr,
+        dport,
+        ..Event::default()
+    });
+}

@@ -1,0 +1,180 @@
+//! RSTs: sent by this host (by `sk_rst_reason`; with no socket and reason NO_SOCKET, an inbound
+//! connection refused, addresses taken from the packet), and received (with the TCP state the
+//! RST hit). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
+//! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET.
+use agent_common::{Event, InboundKey, ResetKey, ResetSentKey, event_kind, proto};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::{maps, owner, sock};
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn send_reset_btf(ctx: BtfTracePointContext) -> u32 {
+    match on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
+    match try_send_reset_tp(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_send_reset_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    let tp = sock::offsets().tp;
+    // SAFETY: offsets come from this kernel's format file for this event.
+    let (sk, skb, reason) = unsafe {
+        (
+            ctx.read_at::<u64>(tp.send_reset_skaddr as usize).map_err(|_| 0u32)?,
+            ctx.read_at::<u64>(tp.send_reset_skbaddr as usize).map_err(|_| 0u32)?,
+            ctx.read_at::<u32>(tp.send_reset_reason as usize).map_err(|_| 0u32)?,
+        )
+    };
+    on_send_reset(sk as *const u8, skb as *const u8, reason)
+}
+
+#[inline(always)]
+fn on_send_reset(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32> {
+    let off = sock::offsets();
+    if sk.is_null() && reason == off.rst_no_socket && inbound_refused(skb)? {
+        return Ok(0);
+    }
+    // Active resets (abort on close, linger 0) run in the closing task; others in softirq.
+    let o = if !sk.is_null() && sock::is_full(sk, &off) {
+        owner::of_socket(sk, true)
+    } else {
+        Default::default()
+    };
+    maps::count_reset_sent(&ResetSentKey {
+        cgroup_id: o.cgroup_id,
+        comm: o.comm,
+        reason,
+        _pad: 0,
+    });
+    maps::emit(|| Event {
+        cgroup_id: o.cgroup_id,
+        tgid: o.tgid,
+        kind: event_kind::RESET_SENT,
+        proto: proto::TCP,
+        code: reason as u16,
+        comm: o.comm,
+        ..Event::default()
+    });
+    Ok(0)
+}
+
+/// Counts a refused inbound connection when `skb` is a bare SYN; false for any other segment
+/// (a stray segment to a closed port is not a connection attempt).
+#[inline(always)]
+fn inbound_refused(skb: *const u8) -> Result<bool, u32> {
+    // tp_btf marks this argument nullable: the verifier wants the check before any offset.
+    if skb.is_null() {
+        return Ok(false);
+    }
+    let p = sock::tcp_packet(skb, &sock::offsets())?;
+    if p.ip_proto != proto::TCP || p.flags & sock::TCP_SYN == 0 || p.flags & sock::TCP_ACK != 0 {
+        return Ok(false);
+    }
+    maps::count_inbound(&InboundKey {
+        laddr: p.daddr,
+        lport: p.dport,
+        _pad: [0; 6],
+    });
+    maps::emit(|| Event {
+        kind: event_kind::INBOUND_REFUSED,
+        proto: proto::TCP,
+        daddr: p.daddr,
+        dport: p.dport,
+        saddr: p.saddr,
+        sport: p.sport,
+        ..Event::default()
+    });
+    Ok(true)
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> u32 {
+    match on_kfree_skb(ctx.arg(0), ctx.arg(2)) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    match try_kfree_skb_tp(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    let tp = sock::offsets().tp;
+    // SAFETY: offsets come from this kernel's format file for this event.
+    let (skb, reason) = unsafe {
+        (
+            ctx.read_at::<u64>(tp.kfree_skb_skbaddr as usize).map_err(|_| 0u32)?,
+            ctx.read_at::<u32>(tp.kfree_skb_reason as usize).map_err(|_| 0u32)?,
+        )
+    };
+    on_kfree_skb(skb as *const u8, reason)
+}
+
+#[inline(always)]
+fn on_kfree_skb(skb: *const u8, reason: u32) -> Result<u32, u32> {
+    if reason != sock::offsets().drop_no_socket {
+        return Ok(0);
+    }
+    inbound_refused(skb)?;
+    Ok(0)
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
+    match on_receive_reset(ctx.arg(0)) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
+    let tp = sock::offsets().tp;
+    // SAFETY: offset from this kernel's format file for this event.
+    match unsafe { ctx.read_at::<u64>(tp.receive_reset_skaddr as usize) } {
+        Ok(sk) => match on_receive_reset(sk as *const u8) {
+            Ok(v) | Err(v) => v,
+        },
+        Err(_) => 0,
+    }
+}
+
+#[inline(always)]
+fn on_receive_reset(sk: *const u8) -> Result<u32, u32> {
+    let off = sock::offsets();
+    // Runs in softirq: never the current task.
+    let o = owner::of_socket(sk, false);
+    let (daddr, dport) = sock::peer(sk, &off)?;
+    let state = sock::state(sk, &off);
+    maps::count_reset_received(&ResetKey {
+        cgroup_id: o.cgroup_id,
+        daddr,
+        comm: o.comm,
+        dport,
+        state,
+        _pad: [0; 5],
+    });
+    maps::emit(|| Event {
+        cgroup_id: o.cgroup_id,
+        tgid: o.tgid,
+        kind: event_kind::RESET_RECEIVED,
+        proto: proto::TCP,
+        code: u16::from(state),
+        comm: o.comm,
+        daddr,
+        dport,
+        ..Event::default()
+    });
+    Ok(0)
+}

@@ -1,0 +1,152 @@
+//! connect(2) failures that happen inside the syscall, before any TCP state change (no route:
+//! ENETUNREACH; EADDRNOTAVAIL; EACCES/EPERM from policy). Only classic syscall tracepoints
+//! exist for these, and they run in the calling task, so the caller is the owner.
+use agent_common::{Drop, Event, TargetKey, event_kind, proto};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+
+use crate::{maps, owner, sock};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// Errors connect(2) returns only synchronously; asynchronous ones (ECONNREFUSED, ETIMEDOUT,
+/// EHOSTUNREACH…) are counted at the state change and must not be counted twice.
+const SYNC_ERRORS: [i64; 4] = [
+    101, /* ENETUNREACH */
+    99,  /* EADDRNOTAVAIL */
+    13,  /* EACCES */
+    1,   /* EPERM */
+];
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    fd: u64,
+    daddr: [u8; 16],
+    dport: u16,
+    _pad: [u8; 6],
+}
+
+/// connect(2) calls in flight, by thread.
+#[map(name = "CONNECTING")]
+static CONNECTING: HashMap<u64, Pending> = HashMap::with_max_entries(8192, 0);
+
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    match try_connect_enter(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
+    let tp = sock::offsets().tp;
+    // SAFETY: offsets come from this kernel's format file for this event.
+    let (fd, addr) = unsafe {
+        (
+            ctx.read_at::<u64>(tp.connect_fd as usize).map_err(|_| 0u32)?,
+            ctx.read_at::<u64>(tp.connect_uservaddr as usize).map_err(|_| 0u32)? as *const u8,
+        )
+    };
+    let family: u16 = user(addr, 0)?;
+    let dport = u16::from_be(user(addr, 2)?);
+    let daddr = match family {
+        AF_INET => sock::mapped(user(addr, 4)?),
+        AF_INET6 => user(addr, 8)?,
+        _ => return Ok(0),
+    };
+    if CONNECTING
+        .insert(
+            bpf_get_current_pid_tgid(),
+            Pending {
+                fd,
+                daddr,
+                dport,
+                _pad: [0; 6],
+            },
+            0,
+        )
+        .is_err()
+    {
+        maps::drop(Drop::SyscallMapFull);
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn user<T>(addr: *const u8, offset: usize) -> Result<T, u32> {
+    // SAFETY: bpf_probe_read_user validates the user pointer.
+    unsafe { bpf_probe_read_user(addr.wrapping_add(offset).cast::<T>()) }.map_err(|_| 0)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    match try_connect_exit(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before removal.
+    let Some(p) = (unsafe { CONNECTING.get(id) }).copied() else {
+        return Ok(0);
+    };
+    let _ = CONNECTING.remove(id);
+    let tp = sock::offsets().tp;
+    // SAFETY: offset from this kernel's format file for this event.
+    let ret = unsafe { ctx.read_at::<i64>(tp.exit_connect_ret as usize) }.map_err(|_| 0u32)?;
+    if ret >= 0 || !SYNC_ERRORS.contains(&-ret) {
+        return Ok(0);
+    }
+    let proto = match socket_protocol(p.fd)? {
+        p if p == u16::from(proto::TCP) => proto::TCP,
+        p if p == u16::from(proto::UDP) => proto::UDP,
+        _ => return Ok(0),
+    };
+    let o = owner::current();
+    let errno = (-ret) as u16;
+    maps::count_target(&TargetKey {
+        cgroup_id: o.cgroup_id,
+        daddr: p.daddr,
+        comm: o.comm,
+        dport: p.dport,
+        errno,
+        proto,
+        _pad: [0; 3],
+    });
+    maps::emit(|| Event {
+        cgroup_id: o.cgroup_id,
+        tgid: o.tgid,
+        kind: event_kind::CONNECT_FAILED,
+        proto,
+        code: errno,
+        comm: o.comm,
+        daddr: p.daddr,
+        dport: p.dport,
+        ..Event::default()
+    });
+    Ok(0)
+}
+
+/// `current->files->fdt->fd[fd]->private_data->sk->sk_protocol`: only on the failure path.
+#[inline(always)]
+fn socket_protocol(fd: u64) -> Result<u16, u32> {
+    let off = sock::offsets();
+    // SAFETY: helper callable from any tracing program.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let files: *const u8 = sock::read(task, off.task_files)?;
+    let fdt: *const u8 = sock::read(files, off.files_fdt)?;
+    let max_fds: u32 = sock::read(fdt, off.fdtable_max_fds)?;
+    if fd >= u64::from(max_fds) {
+        return Err(0);
+    }
+    let fds: *const u8 = sock::read(fdt, off.fdtable_fd)?;
+    let file: *const u8 = sock::read(fds, (fd * 8) as u32)?;
+    let socket: *const u8 = sock::read(file, off.file_private_data)?;
+    let sk: *const u8 = sock::read(socket, off.socket_sk)?;
+    Ok(sock::protocol(sk, &off))
+}
