@@ -27,6 +27,15 @@ pub enum Command {
         #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
         attach: Option<AttachMode>,
     },
+    /// Live stream of individual events (text, or one JSON object per line with --json).
+    Trace {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Force one attach mode for every hook that offers it.
+        #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
+        attach: Option<AttachMode>,
+    },
     /// Show the running daemon's targets as a table (from /api/targets).
     Status {
         /// Address of the running daemon.

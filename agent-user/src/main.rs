@@ -13,6 +13,7 @@ mod metrics;
 mod offsets;
 mod series;
 mod status;
+mod trace;
 mod tracefs;
 mod workload;
 
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { attach } => status::check(attach.unwrap_or_default()),
+        Command::Trace { json, attach } => trace::run(attach.unwrap_or_default(), json),
         Command::Status { listen } => status::status(listen),
     }
 }

@@ -26,9 +26,10 @@ pub struct Resolved {
 }
 
 type TpSlot = fn(&mut TracepointOffsets) -> &mut u32;
-
 /// (category, event, fields the program reads).
-const TRACEPOINTS: &[(&str, &str, &[(&str, TpSlot)])] = &[
+type TpFields = (&'static str, &'static str, &'static [(&'static str, TpSlot)]);
+
+const TRACEPOINTS: &[TpFields] = &[
     (
         "sock",
         "inet_sock_set_state",
