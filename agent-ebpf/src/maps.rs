@@ -12,7 +12,8 @@ use aya_ebpf::{
 pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
 
 /// Destination ports with an open refusal episode: successful connects to them are counted
-/// (errno 0 in `TARGETS`) so verdicts see the target come up. Written by user space.
+/// (errno 0 in `TARGETS`) so verdicts see the target come up. A failure adds its port at once
+/// (a success right after a refusal is not missed); user space removes ports whose episodes end.
 #[map(name = "WATCH")]
 pub static WATCH: HashMap<u16, u8> = HashMap::with_max_entries(4096, 0);
 
@@ -107,16 +108,33 @@ pub fn count_target(key: &TargetKey) {
     // SAFETY: helper callable from any tracing program.
     let now = unsafe { bpf_ktime_get_ns() };
     let init = Counter { count: 1, last_ns: now };
-    if !add(&TARGETS, key, init, |c| {
+    if key.errno != 0 {
+        watch(key.dport);
+    }
+    if add(&TARGETS, key, init, |c| {
         c.count += 1;
         c.last_ns = now;
-    }) && key.errno != 0
-    {
-        drop(Drop::TargetMapFull);
+    }) {
+        return;
+    }
+    drop(Drop::TargetMapFull);
+    if key.errno != 0 {
         let slot = overflow::FAILURES
             + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
             + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
         bump(&OVERFLOW, slot);
+    }
+}
+
+/// Starts counting successful connects to `port` (see `WATCH`).
+#[inline(always)]
+fn watch(port: u16) {
+    if WATCH.get_ptr(port).is_none() {
+        let _ = WATCH.insert(port, 1, 0);
+    }
+    if let Some(on) = CONFIG.get_ptr_mut(agent_common::config::WATCHING) {
+        // SAFETY: a u32 in an array map; a racing store writes the same value.
+        unsafe { *on = 1 };
     }
 }
 

@@ -67,6 +67,9 @@ pub struct RunArgs {
     /// [default: 15m].
     #[arg(long, env = "REFUSAL_FLAP_WINDOW")]
     pub flap_window: Option<HumanDuration>,
+    /// Forget targets idle this long [default: 1h].
+    #[arg(long, env = "REFUSAL_FORGET_AFTER")]
+    pub forget_after: Option<HumanDuration>,
     /// Series per metric before new label sets fold into "other" [default: 10000].
     #[arg(long, env = "REFUSAL_MAX_SERIES")]
     pub max_series: Option<usize>,

@@ -5,10 +5,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, names, overflow, proto};
+use agent_common::{
+    Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, config, names, overflow, proto,
+};
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 
 use crate::{labels, workload::CgroupResolver};
@@ -18,6 +20,9 @@ use crate::{labels, workload::CgroupResolver};
 /// before SYN_SENT under the fentry/kprobe connect hook; both go, so the map cannot fill up.
 const OWNER_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 const OWNER_GC_EVERY: Duration = Duration::from_secs(60);
+/// The kernel watches a port from its first refusal; one the analysis has not seen yet must
+/// not be unwatched in between, so removal waits a few ticks.
+const UNWATCH_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -104,6 +109,10 @@ pub struct Collector {
     overflow: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     owners: HashMap<MapData, u64, Owner>,
+    watch: HashMap<MapData, u16, u8>,
+    config: Array<MapData, u32>,
+    /// Ports no episode needs any more, since when: removed after [`UNWATCH_AFTER`].
+    unwatched: BTreeMap<u16, Instant>,
     resolver: Option<CgroupResolver>,
     rst_reasons: BTreeMap<u32, String>,
     last_gc: Instant,
@@ -148,6 +157,9 @@ impl Collector {
             overflow: take(ebpf, names::OVERFLOW)?,
             drops: take(ebpf, names::DROPS)?,
             owners: take(ebpf, names::OWNERS)?,
+            watch: take(ebpf, names::WATCH)?,
+            config: take(ebpf, names::CONFIG)?,
+            unwatched: BTreeMap::new(),
             resolver,
             rst_reasons,
             last_gc: Instant::now(),
@@ -229,6 +241,34 @@ impl Collector {
         }
         snap.drops.push(("owner_expired", self.owners_expired));
         Ok(snap)
+    }
+
+    /// Makes the kernel's watch set follow `ports` (the ports of open episodes).
+    pub fn set_watched(&mut self, ports: &std::collections::BTreeSet<u16>) -> Result<(), CollectError> {
+        let map_err = |source| CollectError::Map {
+            name: names::WATCH,
+            source,
+        };
+        let now = Instant::now();
+        let current: Vec<u16> = self.watch.keys().filter_map(Result::ok).collect();
+        for port in &current {
+            if ports.contains(port) {
+                self.unwatched.remove(port);
+            } else if now.duration_since(*self.unwatched.entry(*port).or_insert(now)) >= UNWATCH_AFTER {
+                self.watch.remove(port).map_err(map_err)?;
+                self.unwatched.remove(port);
+            }
+        }
+        for port in ports.iter().filter(|p| !current.contains(p)) {
+            self.watch.insert(port, 1, 0).map_err(map_err)?;
+        }
+        let on = u32::from(!ports.is_empty() || !self.unwatched.is_empty());
+        self.config
+            .set(config::WATCHING, on, 0)
+            .map_err(|source| CollectError::Map {
+                name: names::CONFIG,
+                source,
+            })
     }
 
     fn overflow(&self) -> Result<Overflow, CollectError> {

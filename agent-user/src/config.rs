@@ -34,6 +34,10 @@ pub struct Config {
     /// Default `15m`.
     #[serde(deserialize_with = "duration")]
     pub flap_window: Duration,
+    /// A target with no refusal, success or open episode for this long is forgotten (memory
+    /// stays bounded). Default `1h`.
+    #[serde(deserialize_with = "duration")]
+    pub forget_after: Duration,
     /// Series per metric before new label sets fold into `other`. Default `10000`.
     pub max_series: usize,
     /// `text` or `json`. Default `text`.
@@ -51,6 +55,7 @@ impl Default for Config {
             min_attempts: 3,
             flap_episodes: 3,
             flap_window: Duration::from_secs(15 * 60),
+            forget_after: Duration::from_secs(3600),
             max_series: 10_000,
             log_format: LogFormat::Text,
             attach: AttachMode::Auto,
@@ -74,6 +79,17 @@ impl Config {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 
+    pub fn thresholds(&self) -> crate::verdict::Thresholds {
+        crate::verdict::Thresholds {
+            cold_start_max: self.cold_start_max,
+            persistent_after: self.persistent_after,
+            min_attempts: self.min_attempts,
+            flap_episodes: self.flap_episodes,
+            flap_window: self.flap_window,
+            forget_after: self.forget_after,
+        }
+    }
+
     /// Rejects values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key, d: Duration| {
@@ -89,6 +105,7 @@ impl Config {
         positive("cold_start_max", self.cold_start_max)?;
         positive("persistent_after", self.persistent_after)?;
         positive("flap_window", self.flap_window)?;
+        positive("forget_after", self.forget_after)?;
         if self.min_attempts == 0 {
             return Err(ConfigError::Invalid {
                 key: "min_attempts",

@@ -5,12 +5,14 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    collector::{CollectError, Collector, Snapshot},
+    analysis::{Analysis, AnalysisError},
+    collector::{CollectError, Collector, Snapshot, monotonic_ns},
     config::Config,
     http, loader,
     metrics::AgentInfo,
@@ -26,23 +28,50 @@ pub enum DaemonError {
     Load(#[from] loader::LoadError),
     #[error(transparent)]
     Collect(#[from] CollectError),
+    #[error(transparent)]
+    Analysis(#[from] AnalysisError),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signal(std::io::Error),
 }
 
-/// State shared by the HTTP handlers.
+/// How often verdicts advance and the watch set follows them.
+const TICK: Duration = Duration::from_millis(250);
+
+/// State shared by the HTTP handlers and the tick.
 pub struct Shared {
     collector: Mutex<Collector>,
+    pub analysis: Mutex<Analysis>,
     pub series: Mutex<SeriesCap>,
     pub info: AgentInfo,
     ready: AtomicBool,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicked holder leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Shared {
     pub fn snapshot(&self) -> Result<Snapshot, CollectError> {
-        self.collector.lock().unwrap_or_else(|p| p.into_inner()).collect()
+        lock(&self.collector).collect()
+    }
+
+    pub fn analysis(&self) -> std::sync::MutexGuard<'_, Analysis> {
+        lock(&self.analysis)
+    }
+
+    pub fn series(&self) -> std::sync::MutexGuard<'_, SeriesCap> {
+        lock(&self.series)
+    }
+
+    /// Collects, advances the verdicts, and points the kernel at the ports to watch.
+    fn tick(&self) -> Result<(), CollectError> {
+        let mut collector = lock(&self.collector);
+        let snap = collector.collect()?;
+        let ports = lock(&self.analysis).update(&snap, Duration::from_nanos(monotonic_ns()));
+        collector.set_watched(&ports)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -72,6 +101,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let collector = Collector::new(&mut loaded.ebpf, resolver, kernel.resolved.rst_reasons.clone())?;
     let shared = Arc::new(Shared {
         collector: Mutex::new(collector),
+        analysis: Mutex::new(Analysis::new(cfg.thresholds())?),
         series: Mutex::new(SeriesCap::new(cfg.max_series)),
         info: AgentInfo {
             version: env!("CARGO_PKG_VERSION"),
@@ -89,14 +119,29 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     tracing::info!(listen = %cfg.listen, "serving /metrics, /healthz, /readyz, /api/targets");
     tokio::spawn(http::serve(listener, shared.clone()));
 
-    shared.snapshot()?;
+    shared.tick()?;
     shared.ready.store(true, Ordering::Release);
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: detaching and exiting"),
-        _ = int.recv() => tracing::info!("SIGINT: detaching and exiting"),
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = shared.tick() {
+                    tracing::warn!(error = %e, "collection failed");
+                }
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: detaching and exiting");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: detaching and exiting");
+                break;
+            }
+        }
     }
     // Dropping `loaded.ebpf` detaches every program.
     drop(loaded.ebpf);

@@ -73,8 +73,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         "/readyz" if shared.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
         "/api/targets" => match tokio::task::spawn_blocking(move || api::targets_json(&shared)).await {
-            Ok(Ok(json)) => reply(StatusCode::OK, "application/json", json),
-            Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
         },
         "/" => reply(

@@ -1,4 +1,5 @@
 //! refusal-agent: why was that connection refused, and will it fix itself?
+mod analysis;
 mod api;
 mod btf;
 mod caps;
@@ -8,6 +9,7 @@ mod config;
 mod daemon;
 mod http;
 mod labels;
+mod listeners;
 mod loader;
 mod metrics;
 mod offsets;
@@ -15,6 +17,7 @@ mod series;
 mod status;
 mod trace;
 mod tracefs;
+mod verdict;
 mod workload;
 
 use std::{io::IsTerminal, process::ExitCode};

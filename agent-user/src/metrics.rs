@@ -258,11 +258,12 @@ impl Collector for Exporter {
 
     fn collect(&self) -> Vec<MetricFamily> {
         match self.0.snapshot() {
-            Ok(snap) => render(
-                &snap,
-                &mut self.0.series.lock().unwrap_or_else(|p| p.into_inner()),
-                &self.0.info,
-            ),
+            Ok(snap) => {
+                let mut series = self.0.series();
+                let mut families = render(&snap, &mut series, &self.0.info);
+                families.extend(self.0.analysis().families(&mut series));
+                families
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "collection failed");
                 Vec::new()

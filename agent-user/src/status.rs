@@ -85,8 +85,8 @@ fn fetch_targets(addr: SocketAddr) -> Result<Vec<Target>, String> {
 
 pub fn table(targets: &[Target]) -> String {
     let mut out = format!(
-        "{:<28} {:<16} {:<5} {:<40} {:>8}  errors\n",
-        "WORKLOAD", "COMM", "PROTO", "TARGET", "FAILURES"
+        "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
+        "WORKLOAD", "COMM", "TARGET", "STATE", "REFUSED", "WHY"
     );
     for t in targets {
         let target = if t.dst_addr.contains(':') {
@@ -94,16 +94,39 @@ pub fn table(targets: &[Target]) -> String {
         } else {
             format!("{}:{}", t.dst_addr, t.dst_port)
         };
-        let errors: Vec<String> = t.counts.iter().map(|(e, n)| format!("{e}={n}")).collect();
         out.push_str(&format!(
-            "{:<28} {:<16} {:<5} {:<40} {:>8}  {}\n",
-            t.workload,
-            t.comm,
-            t.proto,
-            target,
-            t.total,
-            errors.join(",")
+            "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
+            t.workload, t.comm, target, t.state, t.refused_total, t.explanation
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_row_per_target() {
+        let t = Target {
+            workload: "container:0123456789ab".into(),
+            comm: "app".into(),
+            dst_addr: "fd00::7".into(),
+            dst_port: 8080,
+            state: "persistent".into(),
+            refused_total: 212,
+            explanation: "refused 212 times over 3m12s and never accepted".into(),
+            ..Target::default()
+        };
+        let text = table(&[t]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("container:0123456789ab   app             [fd00::7]:8080"),
+            "{row}"
+        );
+        assert!(
+            row.ends_with("persistent     212  refused 212 times over 3m12s and never accepted"),
+            "{row}"
+        );
+    }
 }
