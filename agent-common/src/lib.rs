@@ -70,17 +70,14 @@ pub enum Drop {
     ResetMapFull = 2,
     /// The ring buffer feeding `trace` was full: the event is lost (its count is not).
     TraceRingFull = 3,
-    /// Too many connect(2) calls in flight to remember their destination.
-    SyscallMapFull = 4,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 5] = [
+    pub const ALL: [Drop; 4] = [
         Drop::OwnerMapFull,
         Drop::TargetMapFull,
         Drop::ResetMapFull,
         Drop::TraceRingFull,
-        Drop::SyscallMapFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -90,7 +87,6 @@ impl Drop {
             Drop::TargetMapFull => "target_map_full",
             Drop::ResetMapFull => "reset_map_full",
             Drop::TraceRingFull => "trace_ring_full",
-            Drop::SyscallMapFull => "syscall_map_full",
         }
     }
 }
@@ -254,6 +250,7 @@ pub mod names {
     pub const OVERFLOW: &str = "OVERFLOW";
     pub const EVENTS: &str = "EVENTS";
     pub const EMIT_EVENTS: &str = "EMIT_EVENTS";
+    pub const EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
     pub const DROPS: &str = "DROPS";
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH: &str = "WATCH";

@@ -6,22 +6,31 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 
-use crate::owner;
+use crate::{maps, owner};
 
 #[fentry(function = "tcp_v4_connect")]
 pub fn connect4_fentry(ctx: FEntryContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     owner::record(ctx.arg(0));
     0
 }
 
 #[fentry(function = "tcp_v6_connect")]
 pub fn connect6_fentry(ctx: FEntryContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     owner::record(ctx.arg(0));
     0
 }
 
 #[kprobe]
 pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     if let Some(sk) = ctx.arg::<*const u8>(0) {
         owner::record(sk);
     }

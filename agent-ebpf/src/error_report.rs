@@ -10,6 +10,9 @@ use crate::{maps, owner, sock};
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match on_error_report(ctx.arg(0)) {
         Ok(v) | Err(v) => v,
     }
@@ -17,12 +20,11 @@ pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_error_report(sk: *const u8) -> Result<u32, u32> {
-    let off = sock::offsets();
-    if sock::protocol(sk, &off) != u16::from(proto::UDP) {
+    if sock::protocol(sk) != u16::from(proto::UDP) {
         return Ok(0);
     }
-    let err: i32 = sock::read(sk, off.sk_err)?;
-    let (daddr, dport) = sock::peer(sk, &off)?;
+    let err: i32 = sock::read(sk, sock::off!(sk_err))?;
+    let (daddr, dport) = sock::peer(sk)?;
     // ICMP for an unconnected socket (IP_RECVERR) has no destination to attribute it to.
     if err <= 0 || dport == 0 {
         return Ok(0);
@@ -35,29 +37,35 @@ fn on_error_report(sk: *const u8) -> Result<u32, u32> {
 /// The classic tracepoint's record has no socket: attribution falls back to the current task.
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn error_report_tp(ctx: TracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match try_error_report_tp(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let tp = sock::offsets().tp;
     let read = |off: u32| -> Result<u16, u32> {
         // SAFETY: offsets come from this kernel's format file for this event.
         unsafe { ctx.read_at::<u16>(off as usize) }.map_err(|_| 0)
     };
     // SAFETY: as above.
-    let err = unsafe { ctx.read_at::<i32>(tp.error_report_error as usize) }.map_err(|_| 0u32)?;
-    let dport = read(tp.error_report_dport)?;
-    if read(tp.error_report_protocol)? != u16::from(proto::UDP) || err <= 0 || dport == 0 {
+    let err = unsafe { ctx.read_at::<i32>(sock::off!(tp.error_report_error) as usize) }.map_err(|_| 0u32)?;
+    let dport = read(sock::off!(tp.error_report_dport))?;
+    if read(sock::off!(tp.error_report_protocol))? != u16::from(proto::UDP) || err <= 0 || dport == 0 {
         return Ok(0);
     }
     // SAFETY: as above.
     let daddr = unsafe {
-        if read(tp.error_report_family)? == 2 {
-            sock::mapped(ctx.read_at(tp.error_report_daddr as usize).map_err(|_| 0u32)?)
+        if read(sock::off!(tp.error_report_family))? == 2 {
+            sock::mapped(
+                ctx.read_at(sock::off!(tp.error_report_daddr) as usize)
+                    .map_err(|_| 0u32)?,
+            )
         } else {
-            ctx.read_at(tp.error_report_daddr_v6 as usize).map_err(|_| 0u32)?
+            ctx.read_at(sock::off!(tp.error_report_daddr_v6) as usize)
+                .map_err(|_| 0u32)?
         }
     };
     count(owner::current(), daddr, dport, err as u16);

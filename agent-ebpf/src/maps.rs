@@ -52,6 +52,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[unsafe(no_mangle)]
 static EMIT_EVENTS: u8 = 0;
 
+/// Benchmarks only: every program returns at once, to measure the cost of being attached at
+/// all (the "floor"). Read-only, so the verifier prunes the check from the real programs.
+#[unsafe(no_mangle)]
+static EMPTY_PROGRAMS: u8 = 0;
+
+#[inline(always)]
+pub fn empty() -> bool {
+    // SAFETY: reading a static the loader may rewrite before load.
+    unsafe { core::ptr::read_volatile(&EMPTY_PROGRAMS) != 0 }
+}
+
 #[inline(always)]
 pub fn config(index: u32) -> u32 {
     CONFIG.get(index).copied().unwrap_or(0)

@@ -55,8 +55,7 @@ pub fn of_socket(sk: *const u8, current_ok: bool) -> Owner {
     if let Some(o) = get(sk) {
         return o;
     }
-    let off = sock::offsets();
-    let cgroup_id = sock::cgroup_id(sk, &off);
+    let cgroup_id = sock::cgroup_id(sk);
     let cur = current();
     let comm = if current_ok && cur.cgroup_id == cgroup_id {
         cur.comm

@@ -12,6 +12,9 @@ use crate::{maps, owner, sock};
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf(ctx: BtfTracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
         Ok(v) | Err(v) => v,
     }
@@ -19,19 +22,24 @@ pub fn send_reset_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match try_send_reset_tp(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 fn try_send_reset_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let tp = sock::offsets().tp;
     // SAFETY: offsets come from this kernel's format file for this event.
     let (sk, skb, reason) = unsafe {
         (
-            ctx.read_at::<u64>(tp.send_reset_skaddr as usize).map_err(|_| 0u32)?,
-            ctx.read_at::<u64>(tp.send_reset_skbaddr as usize).map_err(|_| 0u32)?,
-            ctx.read_at::<u32>(tp.send_reset_reason as usize).map_err(|_| 0u32)?,
+            ctx.read_at::<u64>(sock::off!(tp.send_reset_skaddr) as usize)
+                .map_err(|_| 0u32)?,
+            ctx.read_at::<u64>(sock::off!(tp.send_reset_skbaddr) as usize)
+                .map_err(|_| 0u32)?,
+            ctx.read_at::<u32>(sock::off!(tp.send_reset_reason) as usize)
+                .map_err(|_| 0u32)?,
         )
     };
     on_send_reset(sk as *const u8, skb as *const u8, reason)
@@ -39,12 +47,11 @@ fn try_send_reset_tp(ctx: &TracePointContext) -> Result<u32, u32> {
 
 #[inline(always)]
 fn on_send_reset(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32> {
-    let off = sock::offsets();
-    if sk.is_null() && reason == off.rst_no_socket && inbound_refused(skb)? {
+    if sk.is_null() && reason == sock::off!(rst_no_socket) && inbound_refused(skb)? {
         return Ok(0);
     }
     // Active resets (abort on close, linger 0) run in the closing task; others in softirq.
-    let o = if !sk.is_null() && sock::is_full(sk, &off) {
+    let o = if !sk.is_null() && sock::is_full(sk) {
         owner::of_socket(sk, true)
     } else {
         Default::default()
@@ -75,29 +82,37 @@ fn inbound_refused(skb: *const u8) -> Result<bool, u32> {
     if skb.is_null() {
         return Ok(false);
     }
-    let p = sock::tcp_packet(skb, &sock::offsets())?;
-    if p.ip_proto != proto::TCP || p.flags & sock::TCP_SYN == 0 || p.flags & sock::TCP_ACK != 0 {
+    let p = sock::Packet::new(skb)?;
+    let flags = p.flags()?;
+    if p.ip_proto()? != proto::TCP || flags & sock::TCP_SYN == 0 || flags & sock::TCP_ACK != 0 {
         return Ok(false);
     }
+    let (laddr, lport) = p.dst()?;
     maps::count_inbound(&InboundKey {
-        laddr: p.daddr,
-        lport: p.dport,
+        laddr,
+        lport,
         _pad: [0; 6],
     });
-    maps::emit(|| Event {
-        kind: event_kind::INBOUND_REFUSED,
-        proto: proto::TCP,
-        daddr: p.daddr,
-        dport: p.dport,
-        saddr: p.saddr,
-        sport: p.sport,
-        ..Event::default()
+    maps::emit(|| {
+        let (saddr, sport) = p.src().unwrap_or_default();
+        Event {
+            kind: event_kind::INBOUND_REFUSED,
+            proto: proto::TCP,
+            daddr: laddr,
+            dport: lport,
+            saddr,
+            sport,
+            ..Event::default()
+        }
     });
     Ok(true)
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match on_kfree_skb(ctx.arg(0), ctx.arg(2)) {
         Ok(v) | Err(v) => v,
     }
@@ -105,18 +120,22 @@ pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match try_kfree_skb_tp(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let tp = sock::offsets().tp;
     // SAFETY: offsets come from this kernel's format file for this event.
     let (skb, reason) = unsafe {
         (
-            ctx.read_at::<u64>(tp.kfree_skb_skbaddr as usize).map_err(|_| 0u32)?,
-            ctx.read_at::<u32>(tp.kfree_skb_reason as usize).map_err(|_| 0u32)?,
+            ctx.read_at::<u64>(sock::off!(tp.kfree_skb_skbaddr) as usize)
+                .map_err(|_| 0u32)?,
+            ctx.read_at::<u32>(sock::off!(tp.kfree_skb_reason) as usize)
+                .map_err(|_| 0u32)?,
         )
     };
     on_kfree_skb(skb as *const u8, reason)
@@ -124,7 +143,7 @@ fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<u32, u32> {
 
 #[inline(always)]
 fn on_kfree_skb(skb: *const u8, reason: u32) -> Result<u32, u32> {
-    if reason != sock::offsets().drop_no_socket {
+    if reason != sock::off!(drop_no_socket) {
         return Ok(0);
     }
     inbound_refused(skb)?;
@@ -133,6 +152,9 @@ fn on_kfree_skb(skb: *const u8, reason: u32) -> Result<u32, u32> {
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match on_receive_reset(ctx.arg(0)) {
         Ok(v) | Err(v) => v,
     }
@@ -140,9 +162,11 @@ pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
-    let tp = sock::offsets().tp;
+    if maps::empty() {
+        return 0;
+    }
     // SAFETY: offset from this kernel's format file for this event.
-    match unsafe { ctx.read_at::<u64>(tp.receive_reset_skaddr as usize) } {
+    match unsafe { ctx.read_at::<u64>(sock::off!(tp.receive_reset_skaddr) as usize) } {
         Ok(sk) => match on_receive_reset(sk as *const u8) {
             Ok(v) | Err(v) => v,
         },
@@ -152,11 +176,10 @@ pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_receive_reset(sk: *const u8) -> Result<u32, u32> {
-    let off = sock::offsets();
     // Runs in softirq: never the current task.
     let o = owner::of_socket(sk, false);
-    let (daddr, dport) = sock::peer(sk, &off)?;
-    let state = sock::state(sk, &off);
+    let (daddr, dport) = sock::peer(sk)?;
+    let state = sock::state(sk);
     maps::count_reset_received(&ResetKey {
         cgroup_id: o.cgroup_id,
         daddr,

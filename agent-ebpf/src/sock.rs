@@ -6,7 +6,7 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
 #[unsafe(no_mangle)]
-static OFFSETS: Offsets = Offsets {
+pub(crate) static OFFSETS: Offsets = Offsets {
     skc_family: 0,
     skc_dport: 0,
     skc_daddr: 0,
@@ -51,13 +51,18 @@ static OFFSETS: Offsets = Offsets {
     },
 };
 
-/// The loader rewrites `OFFSETS` before load; a volatile read keeps the compiler from
-/// folding the zeros above into the program.
-#[inline(always)]
-pub fn offsets() -> Offsets {
-    // SAFETY: reading a static.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+/// One field of `OFFSETS` (`off!(sk_err)`, `off!(tp.state_skaddr)`): a single load. The loader
+/// rewrites `OFFSETS` before load; the volatile read keeps the compiler from folding the zeros
+/// above into the program (the verifier then knows the real value: the map is frozen).
+macro_rules! off {
+    ($($field:ident).+) => {{
+        // SAFETY: reading a field of a static (callers may already be in an unsafe block).
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::sock::OFFSETS.$($field).+)) };
+        v
+    }};
 }
+pub(crate) use off;
 
 #[inline(always)]
 pub fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
@@ -73,77 +78,98 @@ pub fn mapped(v4: [u8; 4]) -> [u8; 16] {
 
 /// Destination of a socket, port in host order.
 #[inline(always)]
-pub fn peer(sk: *const u8, off: &Offsets) -> Result<([u8; 16], u16), u32> {
-    let family: u16 = read(sk, off.skc_family)?;
-    let dport = u16::from_be(read(sk, off.skc_dport)?);
+pub fn peer(sk: *const u8) -> Result<([u8; 16], u16), u32> {
+    let family: u16 = read(sk, off!(skc_family))?;
+    let dport = u16::from_be(read(sk, off!(skc_dport))?);
     let daddr = match family {
-        AF_INET => mapped(read(sk, off.skc_daddr)?),
-        AF_INET6 => read(sk, off.skc_v6_daddr)?,
+        AF_INET => mapped(read(sk, off!(skc_daddr))?),
+        AF_INET6 => read(sk, off!(skc_v6_daddr))?,
         _ => return Err(0),
     };
     Ok((daddr, dport))
 }
 
 #[inline(always)]
-pub fn protocol(sk: *const u8, off: &Offsets) -> u16 {
-    read::<u16>(sk, off.sk_protocol).unwrap_or(0)
+pub fn protocol(sk: *const u8) -> u16 {
+    read::<u16>(sk, off!(sk_protocol)).unwrap_or(0)
 }
 
 #[inline(always)]
-pub fn is_tcp(sk: *const u8, off: &Offsets) -> bool {
-    protocol(sk, off) == u16::from(agent_common::proto::TCP)
+pub fn is_tcp(sk: *const u8) -> bool {
+    protocol(sk) == u16::from(agent_common::proto::TCP)
 }
 
 #[inline(always)]
-pub fn state(sk: *const u8, off: &Offsets) -> u8 {
-    read::<u8>(sk, off.skc_state).unwrap_or(0)
+pub fn state(sk: *const u8) -> u8 {
+    read::<u8>(sk, off!(skc_state)).unwrap_or(0)
 }
 
 /// Time-wait and request sockets share `sock_common` but nothing after it.
 #[inline(always)]
-pub fn is_full(sk: *const u8, off: &Offsets) -> bool {
-    let s = i32::from(state(sk, off));
+pub fn is_full(sk: *const u8) -> bool {
+    let s = i32::from(state(sk));
     s != agent_common::tcp_state::TIME_WAIT && s != agent_common::tcp_state::NEW_SYN_RECV
 }
 
 /// The cgroup v2 id of the socket's creator (`sk_cgrp_data`), or 0.
 #[inline(always)]
-pub fn cgroup_id(sk: *const u8, off: &Offsets) -> u64 {
-    let cgroup: Result<*const u8, u32> = read(sk, off.sk_cgrp_data + off.sock_cgroup_data_cgroup);
-    let kn = cgroup.and_then(|c| read::<*const u8>(c, off.cgroup_kn));
-    kn.and_then(|kn| read::<u64>(kn, off.kernfs_node_id)).unwrap_or(0)
+pub fn cgroup_id(sk: *const u8) -> u64 {
+    let cgroup: Result<*const u8, u32> = read(sk, off!(sk_cgrp_data) + off!(sock_cgroup_data_cgroup));
+    let kn = cgroup.and_then(|c| read::<*const u8>(c, off!(cgroup_kn)));
+    kn.and_then(|kn| read::<u64>(kn, off!(kernfs_node_id))).unwrap_or(0)
 }
 
-/// The packet's own destination (this host, for an incoming packet) and TCP flags.
+/// An incoming TCP segment's headers, read lazily: the common path needs only the protocol,
+/// flags, and local (destination) address and port.
 pub struct Packet {
-    pub ip_proto: u8,
-    pub daddr: [u8; 16],
-    pub saddr: [u8; 16],
-    pub dport: u16,
-    pub sport: u16,
-    pub flags: u8,
+    nh: *const u8,
+    th: *const u8,
+    version: u8,
 }
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
-#[inline(always)]
-pub fn tcp_packet(skb: *const u8, off: &Offsets) -> Result<Packet, u32> {
-    let head: *const u8 = read(skb, off.skb_head)?;
-    let nh = head.wrapping_add(usize::from(read::<u16>(skb, off.skb_network_header)?));
-    let th = head.wrapping_add(usize::from(read::<u16>(skb, off.skb_transport_header)?));
-    let version = read::<u8>(nh, 0)? >> 4;
-    let (ip_proto, saddr, daddr) = match version {
-        4 => (read(nh, 9)?, mapped(read(nh, 12)?), mapped(read(nh, 16)?)),
-        6 => (read(nh, 6)?, read(nh, 8)?, read(nh, 24)?),
-        _ => return Err(0),
-    };
-    Ok(Packet {
-        ip_proto,
-        daddr,
-        saddr,
-        sport: u16::from_be(read(th, 0)?),
-        dport: u16::from_be(read(th, 2)?),
-        flags: read(th, 13)?,
-    })
+impl Packet {
+    #[inline(always)]
+    pub fn new(skb: *const u8) -> Result<Packet, u32> {
+        let head: *const u8 = read(skb, off!(skb_head))?;
+        let nh = head.wrapping_add(usize::from(read::<u16>(skb, off!(skb_network_header))?));
+        let th = head.wrapping_add(usize::from(read::<u16>(skb, off!(skb_transport_header))?));
+        Ok(Packet {
+            nh,
+            th,
+            version: read::<u8>(nh, 0)? >> 4,
+        })
+    }
+
+    #[inline(always)]
+    pub fn ip_proto(&self) -> Result<u8, u32> {
+        read(self.nh, if self.version == 4 { 9 } else { 6 })
+    }
+
+    #[inline(always)]
+    pub fn flags(&self) -> Result<u8, u32> {
+        read(self.th, 13)
+    }
+
+    /// `(address, port)` the segment was sent to: this host.
+    #[inline(always)]
+    pub fn dst(&self) -> Result<([u8; 16], u16), u32> {
+        Ok((self.addr(16, 24)?, u16::from_be(read(self.th, 2)?)))
+    }
+
+    #[inline(always)]
+    pub fn src(&self) -> Result<([u8; 16], u16), u32> {
+        Ok((self.addr(12, 8)?, u16::from_be(read(self.th, 0)?)))
+    }
+
+    #[inline(always)]
+    fn addr(&self, v4: usize, v6: usize) -> Result<[u8; 16], u32> {
+        match self.version {
+            4 => Ok(mapped(read(self.nh, v4 as u32)?)),
+            6 => read(self.nh, v6 as u32),
+            _ => Err(0),
+        }
+    }
 }

@@ -16,6 +16,9 @@ use crate::{
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state_btf(ctx: BtfTracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match on_state(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
         Ok(v) | Err(v) => v,
     }
@@ -23,19 +26,21 @@ pub fn sock_state_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn sock_state_tp(ctx: TracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match try_sock_state_tp(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    let tp = sock::offsets().tp;
     // SAFETY: offsets come from this kernel's format file for this event.
     let (sk, old, new) = unsafe {
         (
-            ctx.read_at::<u64>(tp.state_skaddr as usize),
-            ctx.read_at::<i32>(tp.state_oldstate as usize),
-            ctx.read_at::<i32>(tp.state_newstate as usize),
+            ctx.read_at::<u64>(sock::off!(tp.state_skaddr) as usize),
+            ctx.read_at::<i32>(sock::off!(tp.state_oldstate) as usize),
+            ctx.read_at::<i32>(sock::off!(tp.state_newstate) as usize),
         )
     };
     on_state(
@@ -49,9 +54,9 @@ fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
 #[inline(always)]
 fn on_state(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     if new == tcp_state::SYN_SENT {
-        if sock::is_tcp(sk, &sock::offsets()) {
-            owner::record_from_state(sk);
-        }
+        // No protocol check: only TCP (and SCTP, harmlessly: its entry goes at close) enters
+        // SYN_SENT, and a probe read here would cost every connect on the host.
+        owner::record_from_state(sk);
         return Ok(0);
     }
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
@@ -73,8 +78,7 @@ fn on_state(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
 
 #[inline(always)]
 fn count_success(sk: *const u8) -> Result<u32, u32> {
-    let off = sock::offsets();
-    let (daddr, dport) = sock::peer(sk, &off)?;
+    let (daddr, dport) = sock::peer(sk)?;
     if WATCH.get_ptr(dport).is_none() {
         return Ok(0);
     }
@@ -93,14 +97,13 @@ fn count_success(sk: *const u8) -> Result<u32, u32> {
 
 #[inline(always)]
 fn count_failure(sk: *const u8) -> Result<u32, u32> {
-    let off = sock::offsets();
-    let err: i32 = sock::read(sk, off.sk_err)?;
+    let err: i32 = sock::read(sk, sock::off!(sk_err))?;
     // SYN_SENT → CLOSE without an error is the application closing its own socket.
-    if err <= 0 || !sock::is_tcp(sk, &off) {
+    if err <= 0 || !sock::is_tcp(sk) {
         return Ok(0);
     }
     let o = owner::get(sk).unwrap_or_default();
-    let (daddr, dport) = sock::peer(sk, &off)?;
+    let (daddr, dport) = sock::peer(sk)?;
     let key = TargetKey {
         cgroup_id: o.cgroup_id,
         daddr,

@@ -1,11 +1,11 @@
 //! connect(2) failures that happen inside the syscall, before any TCP state change (no route:
 //! ENETUNREACH; EADDRNOTAVAIL; EACCES/EPERM from policy). Only classic syscall tracepoints
 //! exist for these, and they run in the calling task, so the caller is the owner.
-use agent_common::{Drop, Event, TargetKey, event_kind, proto};
+use agent_common::{Event, TargetKey, event_kind, proto};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
 
@@ -22,56 +22,45 @@ const SYNC_ERRORS: [i64; 4] = [
     1,   /* EPERM */
 ];
 
+/// The connect(2) in progress on this CPU: stashed at entry, read at exit. A connect that fails
+/// synchronously never sleeps in between, so it finds its own entry here; one that slept (and
+/// may have migrated or been overwritten) did not fail synchronously anyway.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
+    pid_tgid: u64,
     fd: u64,
-    daddr: [u8; 16],
-    dport: u16,
-    _pad: [u8; 6],
+    addr: u64,
 }
 
-/// connect(2) calls in flight, by thread.
 #[map(name = "CONNECTING")]
-static CONNECTING: HashMap<u64, Pending> = HashMap::with_max_entries(8192, 0);
+static CONNECTING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match try_connect_enter(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
+/// Costs two loads and a store per connect(2); the sockaddr is read only on failure.
 fn try_connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
-    let tp = sock::offsets().tp;
-    // SAFETY: offsets come from this kernel's format file for this event.
-    let (fd, addr) = unsafe {
-        (
-            ctx.read_at::<u64>(tp.connect_fd as usize).map_err(|_| 0u32)?,
-            ctx.read_at::<u64>(tp.connect_uservaddr as usize).map_err(|_| 0u32)? as *const u8,
-        )
-    };
-    let family: u16 = user(addr, 0)?;
-    let dport = u16::from_be(user(addr, 2)?);
-    let daddr = match family {
-        AF_INET => sock::mapped(user(addr, 4)?),
-        AF_INET6 => user(addr, 8)?,
-        _ => return Ok(0),
-    };
-    if CONNECTING
-        .insert(
-            bpf_get_current_pid_tgid(),
-            Pending {
-                fd,
-                daddr,
-                dport,
-                _pad: [0; 6],
-            },
-            0,
-        )
-        .is_err()
-    {
-        maps::drop(Drop::SyscallMapFull);
+    let slot = CONNECTING.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: offsets come from this kernel's format file for this event; the slot is this
+    // CPU's and no other program on this CPU writes it concurrently.
+    unsafe {
+        *slot = Pending {
+            pid_tgid: bpf_get_current_pid_tgid(),
+            fd: ctx
+                .read_at::<u64>(sock::off!(tp.connect_fd) as usize)
+                .map_err(|_| 0u32)?,
+            addr: ctx
+                .read_at::<u64>(sock::off!(tp.connect_uservaddr) as usize)
+                .map_err(|_| 0u32)?,
+        };
     }
     Ok(0)
 }
@@ -84,24 +73,31 @@ fn user<T>(addr: *const u8, offset: usize) -> Result<T, u32> {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    if maps::empty() {
+        return 0;
+    }
     match try_connect_exit(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
 
 fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(p) = (unsafe { CONNECTING.get(id) }).copied() else {
-        return Ok(0);
-    };
-    let _ = CONNECTING.remove(id);
-    let tp = sock::offsets().tp;
     // SAFETY: offset from this kernel's format file for this event.
-    let ret = unsafe { ctx.read_at::<i64>(tp.exit_connect_ret as usize) }.map_err(|_| 0u32)?;
+    let ret = unsafe { ctx.read_at::<i64>(sock::off!(tp.exit_connect_ret) as usize) }.map_err(|_| 0u32)?;
     if ret >= 0 || !SYNC_ERRORS.contains(&-ret) {
         return Ok(0);
     }
+    let p = *CONNECTING.get(0).ok_or(0u32)?;
+    if p.pid_tgid != bpf_get_current_pid_tgid() {
+        return Ok(0);
+    }
+    let addr = p.addr as *const u8;
+    let dport = u16::from_be(user(addr, 2)?);
+    let daddr = match user::<u16>(addr, 0)? {
+        AF_INET => sock::mapped(user(addr, 4)?),
+        AF_INET6 => user(addr, 8)?,
+        _ => return Ok(0),
+    };
     let proto = match socket_protocol(p.fd)? {
         p if p == u16::from(proto::TCP) => proto::TCP,
         p if p == u16::from(proto::UDP) => proto::UDP,
@@ -111,9 +107,9 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let errno = (-ret) as u16;
     maps::count_target(&TargetKey {
         cgroup_id: o.cgroup_id,
-        daddr: p.daddr,
+        daddr,
         comm: o.comm,
-        dport: p.dport,
+        dport,
         errno,
         proto,
         _pad: [0; 3],
@@ -125,8 +121,8 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         proto,
         code: errno,
         comm: o.comm,
-        daddr: p.daddr,
-        dport: p.dport,
+        daddr,
+        dport,
         ..Event::default()
     });
     Ok(0)
@@ -135,18 +131,17 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
 /// `current->files->fdt->fd[fd]->private_data->sk->sk_protocol`: only on the failure path.
 #[inline(always)]
 fn socket_protocol(fd: u64) -> Result<u16, u32> {
-    let off = sock::offsets();
     // SAFETY: helper callable from any tracing program.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let files: *const u8 = sock::read(task, off.task_files)?;
-    let fdt: *const u8 = sock::read(files, off.files_fdt)?;
-    let max_fds: u32 = sock::read(fdt, off.fdtable_max_fds)?;
+    let files: *const u8 = sock::read(task, sock::off!(task_files))?;
+    let fdt: *const u8 = sock::read(files, sock::off!(files_fdt))?;
+    let max_fds: u32 = sock::read(fdt, sock::off!(fdtable_max_fds))?;
     if fd >= u64::from(max_fds) {
         return Err(0);
     }
-    let fds: *const u8 = sock::read(fdt, off.fdtable_fd)?;
+    let fds: *const u8 = sock::read(fdt, sock::off!(fdtable_fd))?;
     let file: *const u8 = sock::read(fds, (fd * 8) as u32)?;
-    let socket: *const u8 = sock::read(file, off.file_private_data)?;
-    let sk: *const u8 = sock::read(socket, off.socket_sk)?;
-    Ok(sock::protocol(sk, &off))
+    let socket: *const u8 = sock::read(file, sock::off!(file_private_data))?;
+    let sk: *const u8 = sock::read(socket, sock::off!(socket_sk))?;
+    Ok(sock::protocol(sk))
 }

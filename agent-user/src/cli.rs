@@ -79,6 +79,12 @@ pub struct RunArgs {
     /// Force one attach mode for every hook that offers it [default: auto].
     #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
     pub attach: Option<AttachMode>,
+    /// Benchmarks only: attach programs that return at once (the cost floor).
+    #[arg(long, hide = true)]
+    pub bench_empty_programs: bool,
+    /// Web config file (TLS, basic auth) in the Prometheus exporter-toolkit format.
+    #[arg(long = "web.config.file", env = "REFUSAL_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -104,6 +110,9 @@ impl RunArgs {
             log_format,
             attach
         );
+        if let Some(p) = &self.web_config_file {
+            c.web_config_file = Some(p.clone());
+        }
         c.validate()?;
         Ok(c)
     }

@@ -93,6 +93,8 @@ pub struct Snapshot {
     pub overflow: Overflow,
     /// `(where, count)` for every drop point, zeros included.
     pub drops: Vec<(&'static str, u64)>,
+    /// `(program, kernel run time ns, runs)` while `kernel.bpf_stats_enabled=1`, else empty.
+    pub bpf_stats: Vec<(String, u64, u64)>,
 }
 
 impl Snapshot {
@@ -113,6 +115,8 @@ pub struct Collector {
     config: Array<MapData, u32>,
     /// Ports no episode needs any more, since when: removed after [`UNWATCH_AFTER`].
     unwatched: BTreeMap<u16, Instant>,
+    /// The programs (attached while this lives), for their kernel run time.
+    ebpf: Ebpf,
     resolver: Option<CgroupResolver>,
     rst_reasons: BTreeMap<u32, String>,
     last_gc: Instant,
@@ -145,21 +149,22 @@ fn total(v: &PerCpuValues<u64>) -> u64 {
 impl Collector {
     /// Takes the aggregate maps out of `ebpf` (the programs stay attached through `ebpf`).
     pub fn new(
-        ebpf: &mut Ebpf,
+        mut ebpf: Ebpf,
         resolver: Option<CgroupResolver>,
         rst_reasons: BTreeMap<u32, String>,
     ) -> Result<Self, CollectError> {
         Ok(Self {
-            targets: take(ebpf, names::TARGETS)?,
-            resets_received: take(ebpf, names::RESETS_RECEIVED)?,
-            resets_sent: take(ebpf, names::RESETS_SENT)?,
-            inbound: take(ebpf, names::INBOUND)?,
-            overflow: take(ebpf, names::OVERFLOW)?,
-            drops: take(ebpf, names::DROPS)?,
-            owners: take(ebpf, names::OWNERS)?,
-            watch: take(ebpf, names::WATCH)?,
-            config: take(ebpf, names::CONFIG)?,
+            targets: take(&mut ebpf, names::TARGETS)?,
+            resets_received: take(&mut ebpf, names::RESETS_RECEIVED)?,
+            resets_sent: take(&mut ebpf, names::RESETS_SENT)?,
+            inbound: take(&mut ebpf, names::INBOUND)?,
+            overflow: take(&mut ebpf, names::OVERFLOW)?,
+            drops: take(&mut ebpf, names::DROPS)?,
+            owners: take(&mut ebpf, names::OWNERS)?,
+            watch: take(&mut ebpf, names::WATCH)?,
+            config: take(&mut ebpf, names::CONFIG)?,
             unwatched: BTreeMap::new(),
+            ebpf,
             resolver,
             rst_reasons,
             last_gc: Instant::now(),
@@ -240,6 +245,7 @@ impl Collector {
                 .push((what.name(), total(&self.drops.get(&(what as u32), 0).map_err(map_err)?)));
         }
         snap.drops.push(("owner_expired", self.owners_expired));
+        snap.bpf_stats = self.bpf_stats();
         Ok(snap)
     }
 
@@ -269,6 +275,21 @@ impl Collector {
                 name: names::CONFIG,
                 source,
             })
+    }
+
+    /// The kernel only accounts run time while `kernel.bpf_stats_enabled=1` (it costs ~50 ns a
+    /// run), so the metrics exist only then.
+    fn bpf_stats(&self) -> Vec<(String, u64, u64)> {
+        if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() != "1") {
+            return Vec::new();
+        }
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some((name.to_string(), info.run_time().as_nanos() as u64, info.run_count()))
+            })
+            .collect()
     }
 
     fn overflow(&self) -> Result<Overflow, CollectError> {

@@ -44,6 +44,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Force one attach mode for every hook that offers it, or `auto`. Default `auto`.
     pub attach: AttachMode,
+    /// Prometheus exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints. Default:
+    /// none (plain HTTP, no auth).
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             max_series: 10_000,
             log_format: LogFormat::Text,
             attach: AttachMode::Auto,
+            web_config_file: None,
         }
     }
 }

@@ -85,12 +85,13 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+/// `flavor` is [`loader::Flavor::Daemon`] except for the benchmarks' floor.
+pub async fn run(cfg: Config, flavor: loader::Flavor) -> Result<(), DaemonError> {
     let kernel = loader::prepare()?;
     for w in &kernel.resolved.warnings {
         tracing::warn!("{w}");
     }
-    let mut loaded = loader::load_and_attach(&kernel, cfg.attach, false)?;
+    let loaded = loader::load_and_attach(&kernel, cfg.attach, flavor)?;
     for h in &loaded.hooks {
         let refused: Vec<String> = h.refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
         tracing::info!(hook = h.hook, mode = %h.mode.map_or("none", |m| m.name()), refused = ?refused, "hook attached");
@@ -98,7 +99,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
     let resolver = CgroupResolver::new()
         .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
         .ok();
-    let collector = Collector::new(&mut loaded.ebpf, resolver, kernel.resolved.rst_reasons.clone())?;
+    let collector = Collector::new(loaded.ebpf, resolver, kernel.resolved.rst_reasons.clone())?;
     let shared = Arc::new(Shared {
         collector: Mutex::new(collector),
         analysis: Mutex::new(Analysis::new(cfg.thresholds())?),
@@ -117,7 +118,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             source,
         })?;
     tracing::info!(listen = %cfg.listen, "serving /metrics, /healthz, /readyz, /api/targets");
-    tokio::spawn(http::serve(listener, shared.clone()));
+    tokio::spawn(http::serve(listener, shared.clone(), cfg.web_config_file.clone()));
 
     shared.tick()?;
     shared.ready.store(true, Ordering::Release);
@@ -143,7 +144,7 @@ pub async fn run(cfg: Config) -> Result<(), DaemonError> {
             }
         }
     }
-    // Dropping `loaded.ebpf` detaches every program.
-    drop(loaded.ebpf);
+    // Dropping the collector's `Ebpf` detaches every program.
+    drop(shared);
     Ok(())
 }

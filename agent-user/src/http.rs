@@ -22,7 +22,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds the whole life of one connection, keep-alive included.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, _web_config: Option<std::path::PathBuf>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {

@@ -233,19 +233,30 @@ pub fn prepare() -> Result<Kernel, LoadError> {
     Ok(Kernel { btf, ours, resolved })
 }
 
-/// `emit_events`: only `trace` streams individual events; the daemon's programs never do.
-pub fn load(kernel: &Kernel, emit_events: bool) -> Result<Ebpf, LoadError> {
+/// Which copy of the programs to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// Counts in maps; never emits individual events.
+    Daemon,
+    /// Also streams every event to the ring buffer, for `trace`.
+    Trace,
+    /// Every program returns at once: the benchmarks' floor.
+    Empty,
+}
+
+pub fn load(kernel: &Kernel, flavor: Flavor) -> Result<Ebpf, LoadError> {
     EbpfLoader::new()
         .btf(Some(&kernel.btf))
         .override_global(names::OFFSETS, &kernel.resolved.offsets, true)
-        .override_global(names::EMIT_EVENTS, &u8::from(emit_events), true)
+        .override_global(names::EMIT_EVENTS, &u8::from(flavor == Flavor::Trace), true)
+        .override_global(names::EMPTY_PROGRAMS, &u8::from(flavor == Flavor::Empty), true)
         .load(OBJECT)
         .map_err(LoadError::Object)
 }
 
 /// Loads the object and attaches every hook, forcing `mode` on the hooks that offer it.
-pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, emit_events: bool) -> Result<Loaded, LoadError> {
-    let mut ebpf = load(kernel, emit_events)?;
+pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, flavor: Flavor) -> Result<Loaded, LoadError> {
+    let mut ebpf = load(kernel, flavor)?;
     let mut hooks: Vec<HookReport> = Vec::new();
     for hook in HOOKS {
         let forced = mode != AttachMode::Auto && hook.chain.iter().any(|(m, _)| *m == mode);
@@ -307,7 +318,7 @@ pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
                             .map_err(|why| format!("{other} hook in {m} mode refused: {why}"))
                     })
                     .unwrap_or_else(|| Err(format!("{other} hook not probed"))),
-                _ => attach_one(&mut load(kernel, false)?, kernel, attach, *m, &[]),
+                _ => attach_one(&mut load(kernel, Flavor::Daemon)?, kernel, attach, *m, &[]),
             };
             modes.push((*m, result));
         }

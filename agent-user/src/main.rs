@@ -18,6 +18,7 @@ mod status;
 mod trace;
 mod tracefs;
 mod verdict;
+mod webconfig;
 mod workload;
 
 use std::{io::IsTerminal, process::ExitCode};
@@ -53,6 +54,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cfg.log_format);
+            let flavor = if args.bench_empty_programs {
+                loader::Flavor::Empty
+            } else {
+                loader::Flavor::Daemon
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -64,7 +70,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(daemon::run(cfg)) {
+            match runtime.block_on(daemon::run(cfg, flavor)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -178,6 +178,17 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<
         .map(|(m, n)| (vec![m.to_string()], n as f64))
         .collect();
 
+    let run_seconds: Samples = snap
+        .bpf_stats
+        .iter()
+        .map(|(p, ns, _)| (vec![p.clone()], *ns as f64 / 1e9))
+        .collect();
+    let runs: Samples = snap
+        .bpf_stats
+        .iter()
+        .map(|(p, _, n)| (vec![p.clone()], *n as f64))
+        .collect();
+
     // An empty family is not valid exposition (the encoder refuses it).
     [
         family(
@@ -228,6 +239,20 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<
             MetricType::COUNTER,
             &["where"],
             drops,
+        ),
+        family(
+            "refusal_agent_bpf_run_seconds_total",
+            "Kernel time spent in each of the agent's programs (while kernel.bpf_stats_enabled=1).",
+            MetricType::COUNTER,
+            &["program"],
+            run_seconds,
+        ),
+        family(
+            "refusal_agent_bpf_runs_total",
+            "Runs of each of the agent's programs (while kernel.bpf_stats_enabled=1).",
+            MetricType::COUNTER,
+            &["program"],
+            runs,
         ),
         family(
             "refusal_agent_series_overflow_total",

@@ -1,12 +1,18 @@
-//! Per-target refusal episodes and verdicts (DESIGN.md, "Verdicts"). Pure: time is a `Duration`
-//! since an arbitrary monotonic epoch, injected by the caller; no kernel, no runtime inside.
-use std::{collections::BTreeMap, time::Duration};
+//! Per-target refusal episodes and their verdicts (DESIGN.md, "Verdicts"): cold start, persistent,
+//! recovered, flapping. Pure and clock-injected: the caller passes monotonic time as a `Duration`,
+//! so every rule is testable without a kernel, a runtime or real waiting.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
 use serde::{Serialize, Serializer};
 
-/// Ended episodes kept per target, newest last.
-pub const HISTORY: usize = 10;
+/// Ended episodes kept per target: enough to show a pattern, few enough to bound memory.
+const HISTORY: usize = 10;
 
+/// The verdict rules' knobs; each is a flag and config key (DESIGN.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds {
     pub cold_start_max: Duration,
@@ -14,7 +20,7 @@ pub struct Thresholds {
     pub min_attempts: u64,
     pub flap_episodes: u32,
     pub flap_window: Duration,
-    /// Targets with no refusal, success or open episode for this long are dropped.
+    /// Idle targets (no refusal, no success, no open episode younger than this) are dropped.
     pub forget_after: Duration,
 }
 
@@ -31,10 +37,18 @@ impl Default for Thresholds {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+impl Thresholds {
+    /// Episode starts that make a target flapping; 0 would mean "always flapping", so it acts as 1.
+    fn flap_min(&self) -> usize {
+        usize::try_from(self.flap_episodes.max(1)).unwrap_or(usize::MAX)
+    }
+}
+
+/// What a target looks like now. `Ok` = no open episode and not flapping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// No open episode and not flapping.
+    #[default]
     Ok,
     Refusing,
     Persistent,
@@ -42,6 +56,7 @@ pub enum State {
 }
 
 impl State {
+    /// The label value used in metrics and the API.
     pub fn name(self) -> &'static str {
         match self {
             State::Ok => "ok",
@@ -52,186 +67,164 @@ impl State {
     }
 }
 
+/// How an episode ended; `seconds` runs from the episode's first refusal to its first success.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    /// First refusal → first success within `cold_start_max`.
     ColdStart { seconds: f64 },
-    /// A persistent target (or one refusing past `cold_start_max`) finally accepted.
     Recovered { seconds: f64 },
 }
 
-fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-fn opt_secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&d.as_secs_f64()),
-        None => s.serialize_none(),
-    }
-}
-
+/// A run of refusals ended by the first success.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Episode {
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "ser_secs")]
     pub started: Duration,
-    #[serde(serialize_with = "opt_secs")]
+    #[serde(serialize_with = "ser_opt_secs")]
     pub ended: Option<Duration>,
     pub refused: u64,
-    /// Reached `persistent` before it ended.
-    pub persistent: bool,
     pub outcome: Option<Outcome>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Everything known about one target; `state` is current as of the last call that touched it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Target {
     pub state: State,
     pub refused_total: u64,
-    #[serde(serialize_with = "opt_secs")]
+    #[serde(serialize_with = "ser_opt_secs")]
     pub first_refusal: Option<Duration>,
-    #[serde(serialize_with = "opt_secs")]
+    #[serde(serialize_with = "ser_opt_secs")]
     pub last_refusal: Option<Duration>,
-    #[serde(serialize_with = "opt_secs")]
+    #[serde(serialize_with = "ser_opt_secs")]
     pub last_success: Option<Duration>,
+    /// The current episode, if any.
     pub open: Option<Episode>,
+    /// Ended episodes, newest last, at most 10.
     pub history: Vec<Episode>,
     pub episodes_total: u64,
     pub cold_starts: u64,
     pub recoveries: u64,
-    /// Episode starts within the flap window (at most `flap_episodes` kept).
+    /// The open episode reached `persistent`: kept apart from `state`, which flapping may hide.
     #[serde(skip)]
-    starts: Vec<Duration>,
+    persistent: bool,
+    /// Recent episode starts, sorted, pruned to `flap_window` and capped at `flap_episodes`:
+    /// only the newest few can decide flapping.
     #[serde(skip)]
-    last_activity: Duration,
+    starts: VecDeque<Duration>,
 }
 
 impl Target {
-    fn new(at: Duration) -> Self {
-        Self {
-            state: State::Ok,
-            refused_total: 0,
-            first_refusal: None,
-            last_refusal: None,
-            last_success: None,
-            open: None,
-            history: Vec::new(),
-            episodes_total: 0,
-            cold_starts: 0,
-            recoveries: 0,
-            starts: Vec::new(),
-            last_activity: at,
-        }
+    fn last_activity(&self) -> Option<Duration> {
+        let open = self.open.as_ref().map(|e| e.started);
+        [self.last_refusal, self.last_success, open].into_iter().flatten().max()
     }
 
-    /// Re-derives `state` at `now`: flapping wins, then the open episode's verdict.
-    fn evaluate(&mut self, t: &Thresholds, now: Duration) {
-        self.starts.retain(|s| now.saturating_sub(*s) < t.flap_window);
-        if let Some(e) = self.open.as_mut()
-            && e.refused >= t.min_attempts
-            && now.saturating_sub(e.started) >= t.persistent_after
-        {
-            e.persistent = true;
+    /// Time-driven part of the rules; a `now` earlier than recorded times saturates to "no time passed".
+    fn advance(&mut self, now: Duration, th: &Thresholds) {
+        let old = |s: &Duration| now.saturating_sub(*s) > th.flap_window;
+        while self.starts.front().is_some_and(old) {
+            self.starts.pop_front();
         }
-        self.state = if self.starts.len() >= t.flap_episodes as usize {
-            State::Flapping
-        } else {
-            match &self.open {
-                Some(e) if e.persistent => State::Persistent,
-                Some(_) => State::Refusing,
-                None => State::Ok,
-            }
+        if let Some(ep) = &self.open
+            && ep.refused >= th.min_attempts
+            && now.saturating_sub(ep.started) >= th.persistent_after
+        {
+            self.persistent = true;
+        }
+        self.state = match &self.open {
+            _ if self.starts.len() >= th.flap_min() => State::Flapping,
+            None => State::Ok,
+            Some(_) if self.persistent => State::Persistent,
+            Some(_) => State::Refusing,
         };
     }
 }
 
+/// Episode tracking for every target seen, keyed by whatever identifies a target for the caller.
+#[derive(Clone, Debug)]
 pub struct Engine<K> {
-    t: Thresholds,
+    thresholds: Thresholds,
     targets: BTreeMap<K, Target>,
 }
 
 impl<K: Ord + Clone> Engine<K> {
     pub fn new(t: Thresholds) -> Self {
-        Self {
-            t,
-            targets: BTreeMap::new(),
-        }
+        let targets = BTreeMap::new();
+        Self { thresholds: t, targets }
     }
 
-    /// `n` refused connects, the last at `at`.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.thresholds
+    }
+
+    /// `n` (>= 1) refused connects, the last at `at`.
     pub fn refused(&mut self, key: &K, at: Duration, n: u64) {
         if n == 0 {
             return;
         }
-        let t = &self.t;
-        let target = self.targets.entry(key.clone()).or_insert_with(|| Target::new(at));
-        target.refused_total += n;
-        target.first_refusal.get_or_insert(at);
-        target.last_refusal = Some(target.last_refusal.map_or(at, |l| l.max(at)));
-        target.last_activity = target.last_activity.max(at);
-        match target.open.as_mut() {
-            Some(e) => e.refused += n,
+        let th = &self.thresholds;
+        let t = self.targets.entry(key.clone()).or_default();
+        t.refused_total = t.refused_total.saturating_add(n);
+        t.first_refusal = Some(t.first_refusal.map_or(at, |f| f.min(at)));
+        t.last_refusal = Some(t.last_refusal.map_or(at, |l| l.max(at)));
+        match &mut t.open {
+            Some(ep) => ep.refused = ep.refused.saturating_add(n),
             None => {
-                target.open = Some(Episode {
+                t.open = Some(Episode {
                     started: at,
                     ended: None,
                     refused: n,
-                    persistent: false,
                     outcome: None,
                 });
-                target.episodes_total += 1;
-                target.starts.push(at);
-                let keep = t.flap_episodes as usize;
-                if target.starts.len() > keep {
-                    target.starts.drain(..target.starts.len() - keep);
-                }
+                t.persistent = false;
+                t.episodes_total += 1;
+                // Sorted even if times arrive out of order; only the newest `flap_episodes` matter.
+                t.starts.insert(t.starts.partition_point(|&s| s <= at), at);
+                t.starts.drain(..t.starts.len().saturating_sub(th.flap_min()));
             }
         }
-        target.evaluate(t, at);
+        t.advance(at, th);
     }
 
-    /// `n` successful connects, the last at `at`; the outcome when this ends an open episode.
+    /// `n` (>= 1) successful connects, the last at `at`. Returns the outcome when this ends an open
+    /// episode. Creates the target if needed: the caller compares successes across peers.
     pub fn succeeded(&mut self, key: &K, at: Duration, n: u64) -> Option<Outcome> {
         if n == 0 {
             return None;
         }
-        let t = &self.t;
-        let target = self.targets.entry(key.clone()).or_insert_with(|| Target::new(at));
-        target.last_success = Some(target.last_success.map_or(at, |l| l.max(at)));
-        target.last_activity = target.last_activity.max(at);
-        let mut episode = target.open.take()?;
-        target.evaluate_persistence(t, at, &mut episode);
-        let seconds = at.saturating_sub(episode.started).as_secs_f64();
-        let outcome = if !episode.persistent && at.saturating_sub(episode.started) <= t.cold_start_max {
-            target.cold_starts += 1;
+        let th = &self.thresholds;
+        let t = self.targets.entry(key.clone()).or_default();
+        t.last_success = Some(t.last_success.map_or(at, |l| l.max(at)));
+        // Judge persistence as of the success, so the outcome does not depend on tick cadence.
+        t.advance(at, th);
+        let mut ep = t.open.take()?;
+        let took = at.saturating_sub(ep.started);
+        let seconds = took.as_secs_f64();
+        let outcome = if !t.persistent && took <= th.cold_start_max {
+            t.cold_starts += 1;
             Outcome::ColdStart { seconds }
         } else {
-            target.recoveries += 1;
+            t.recoveries += 1;
             Outcome::Recovered { seconds }
         };
-        episode.ended = Some(at);
-        episode.outcome = Some(outcome);
-        target.history.push(episode);
-        if target.history.len() > HISTORY {
-            target.history.remove(0);
-        }
-        target.evaluate(t, at);
+        (ep.ended, ep.outcome) = (Some(at.max(ep.started)), Some(outcome));
+        t.history.push(ep);
+        t.history.drain(..t.history.len().saturating_sub(HISTORY));
+        t.advance(at, th);
         Some(outcome)
     }
 
-    /// Time-driven transitions at `now`, and forgetting idle targets.
+    /// Time-driven transitions at `now` (refusing → persistent, flapping ends as the window slides)
+    /// and forgetting idle targets, which is what bounds memory.
     pub fn tick(&mut self, now: Duration) {
-        let t = &self.t;
-        self.targets.retain(|_, target| {
-            target.evaluate(t, now);
-            target.open.is_some() || now.saturating_sub(target.last_activity) < t.forget_after
+        let th = &self.thresholds;
+        self.targets.retain(|_, t| {
+            t.advance(now, th);
+            let recent = |last: Duration| now.saturating_sub(last) < th.forget_after;
+            t.last_activity().is_some_and(recent)
         });
-        // An open episode idle past forget_after: the client gave up; drop it too.
-        self.targets
-            .retain(|_, target| now.saturating_sub(target.last_activity) < t.forget_after);
     }
 
-    #[cfg(test)]
     pub fn get(&self, key: &K) -> Option<&Target> {
         self.targets.get(key)
     }
@@ -250,236 +243,298 @@ impl<K: Ord + Clone> Engine<K> {
         self.targets.is_empty()
     }
 
-    /// Keys with an open episode.
+    /// Keys with an open episode: the daemon asks the kernel to report successes only for these.
     pub fn watched(&self) -> impl Iterator<Item = &K> {
         self.targets.iter().filter(|(_, t)| t.open.is_some()).map(|(k, _)| k)
     }
 
-    /// One plain sentence about the target at `now`.
+    /// One plain-language sentence for a person: the facts, then what they most likely mean.
     pub fn explain(&self, key: &K, now: Duration) -> Option<String> {
-        let t = self.targets.get(key)?;
-        let times = |n: u64| {
-            if n == 1 {
-                "once".to_string()
-            } else {
-                format!("{n} times")
+        let (t, th) = (self.get(key)?, self.thresholds());
+        let ago = |d: Duration| format_duration(now.saturating_sub(d));
+        let open = t.open.as_ref().map(|e| (times(e.refused), ago(e.started)));
+        Some(match (t.state, open, t.history.last()) {
+            (State::Flapping, open, _) => {
+                let (k, window) = (t.starts.len(), format_duration(th.flap_window));
+                let now = open.map_or("accepting for now".into(), |(_, age)| {
+                    format!("refusing again for {age}")
+                });
+                format!(
+                    "{k} or more refusal episodes within {window}, {now}: flapping, it listens, dies and listens again"
+                )
             }
-        };
-        Some(match (t.state, &t.open) {
-            (State::Flapping, _) => format!(
-                "{} refusal episodes within {}, each ended by a success: flapping (the service listens, dies and listens again: a crash loop)",
-                t.starts.len(),
-                format_duration(self.t.flap_window)
+            (State::Persistent, Some((n, age)), _) => format!(
+                "refused {n} over {age} and never accepted: persistent misconfiguration (wrong port, service not \
+                 started, or bound elsewhere)"
             ),
-            (State::Persistent, Some(e)) => format!(
-                "refused {} over {} and never accepted: persistent misconfiguration (wrong port or address, service not started, or bound elsewhere)",
-                times(e.refused),
-                format_duration(now.saturating_sub(e.started))
-            ),
-            (_, Some(e)) => format!(
-                "refused {} over {} so far: refusing; a success within {} of the first refusal would make it a cold start",
-                times(e.refused),
-                format_duration(now.saturating_sub(e.started)),
-                format_duration(self.t.cold_start_max)
-            ),
-            (_, None) => match t.history.last().and_then(|e| e.outcome) {
-                Some(Outcome::ColdStart { seconds }) => format!(
-                    "accepted {} after its first refusal: a cold start (refusals during a boot are expected)",
-                    format_duration(Duration::from_secs_f64(seconds))
-                ),
-                Some(Outcome::Recovered { seconds }) => {
-                    format!(
-                        "accepted again after {} of refusals: recovered",
-                        format_duration(Duration::from_secs_f64(seconds))
-                    )
-                }
-                None => "connects succeed; no refusals".to_string(),
-            },
+            (_, Some((n, age)), _) => {
+                let (after, min) = (format_duration(th.persistent_after), th.min_attempts);
+                format!(
+                    "refused {n} over {age} and not accepted yet: probably still starting, persistent if it lasts \
+                     {after} with {min} or more attempts"
+                )
+            }
+            (_, None, Some(e)) => {
+                let took = format_duration(e.ended.unwrap_or(e.started).saturating_sub(e.started));
+                let how = match e.outcome {
+                    Some(Outcome::Recovered { .. }) => format!("recovered after {took} of refusals"),
+                    _ => format!("a cold start that took {took}"),
+                };
+                let (n, ended) = (e.refused, e.ended.map_or("?".into(), ago));
+                format!("accepting: the last episode ({n} refused) ended {ended} ago, {how}")
+            }
+            (_, None, None) => {
+                let last = t.last_success.map_or("?".into(), ago);
+                format!("accepting, last success {last} ago, no refusals seen")
+            }
         })
     }
 }
 
-impl Target {
-    /// Persistence is judged at the success's time too: refusals that crossed the threshold
-    /// between ticks still make it a recovery, not a cold start.
-    fn evaluate_persistence(&self, t: &Thresholds, at: Duration, e: &mut Episode) {
-        if e.refused >= t.min_attempts && at.saturating_sub(e.started) >= t.persistent_after {
-            let last = self.last_refusal.unwrap_or(e.started);
-            e.persistent |= last.saturating_sub(e.started) >= t.persistent_after;
-        }
+/// "45s", "3m12s", "1h2m", "850ms" below a second: coarse on purpose, for people.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        _ if s == 0 => format!("{}ms", d.subsec_millis()),
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
     }
 }
 
-/// `850ms`, `45s`, `3m12s`, `1h2m`.
-pub fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{}ms", d.as_millis()),
-        1..60 => format!("{s}s"),
-        60..3600 => format!("{}m{}s", s / 60, s % 60),
-        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-    }
+fn times(n: u64) -> String {
+    format!("{n} time{}", if n == 1 { "" } else { "s" })
+}
+
+fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn ser_opt_secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    d.map(|d| d.as_secs_f64()).serialize(s)
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use super::*;
+    use super::{State::*, *};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
-
-    fn short() -> Thresholds {
-        Thresholds {
-            cold_start_max: Duration::from_secs(30),
-            persistent_after: Duration::from_secs(10),
-            min_attempts: 3,
-            flap_episodes: 3,
-            flap_window: Duration::from_secs(60),
-            forget_after: Duration::from_secs(120),
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+    fn engine() -> Engine<u8> {
+        Engine::new(Thresholds::default())
+    }
+    fn st(e: &Engine<u8>, k: u8) -> Option<State> {
+        e.get(&k).map(|t| t.state)
+    }
+    fn secs(o: Outcome) -> f64 {
+        match o {
+            Outcome::ColdStart { seconds } | Outcome::Recovered { seconds } => seconds,
         }
     }
 
     #[test]
     fn cold_start_is_one_episode_with_exact_duration() {
-        let mut e = Engine::new(Thresholds::default());
-        for i in 0..17 {
-            e.refused(&"t", ms(1000 + i * 300), 1);
-            e.tick(ms(1000 + i * 300));
+        let mut e = engine();
+        (0..=16).for_each(|i| e.refused(&1, ms(i * 300), 1));
+        e.tick(ms(4900));
+        assert_eq!((st(&e, 1), e.watched().collect()), (Some(Refusing), vec![&1]));
+        assert_eq!(e.succeeded(&1, ms(5000), 1), Some(Outcome::ColdStart { seconds: 5.0 }));
+        assert_eq!(e.succeeded(&1, ms(6000), 3), None, "no open episode");
+        let t = e.get(&1).expect("target");
+        let ep = &t.history[0];
+        assert_eq!((ep.started, ep.ended, ep.refused), (ms(0), Some(ms(5000)), 17));
+        let counts = (t.state, t.episodes_total, t.cold_starts, t.recoveries);
+        assert_eq!(
+            (counts, t.last_success, e.watched().count()),
+            ((State::Ok, 1, 1, 0), Some(ms(6000)), 0)
+        );
+    }
+
+    #[test]
+    fn persistent_exactly_at_the_threshold() {
+        let mut e = engine();
+        [0, 60, 120, 179].into_iter().for_each(|at| e.refused(&1, s(at), 1));
+        e.tick(s(180) - Duration::from_nanos(1));
+        assert_eq!(st(&e, 1), Some(Refusing));
+        e.tick(s(180));
+        assert_eq!(st(&e, 1), Some(Persistent));
+        e.refused(&2, s(0), 2);
+        e.refused(&2, s(180), 1);
+        assert_eq!(st(&e, 2), Some(Persistent), "a refusal's time counts as now");
+        e.refused(&3, s(0), 1);
+        e.refused(&3, s(300), 1);
+        (1..=10).for_each(|m| e.tick(s(m * 60)));
+        assert_eq!(st(&e, 3), Some(Refusing), "fewer than min_attempts over 10 min");
+        assert_eq!(e.succeeded(&3, s(600), 1), Some(Outcome::Recovered { seconds: 600.0 }));
+    }
+
+    #[test]
+    fn recovered() {
+        let mut e = engine();
+        e.refused(&1, s(0), 5);
+        e.tick(s(190));
+        assert_eq!(st(&e, 1), Some(Persistent));
+        assert_eq!(e.succeeded(&1, s(200), 1), Some(Outcome::Recovered { seconds: 200.0 }));
+        let t = e.get(&1).expect("target");
+        assert_eq!((t.state, t.cold_starts, t.recoveries), (State::Ok, 0, 1));
+        // Persistence is judged at the success, without waiting for a tick.
+        e.refused(&2, s(0), 3);
+        assert_eq!(e.succeeded(&2, s(180), 1), Some(Outcome::Recovered { seconds: 180.0 }));
+        e.refused(&3, s(0), 2);
+        assert_eq!(e.succeeded(&3, s(180), 1), Some(Outcome::ColdStart { seconds: 180.0 }));
+    }
+
+    #[test]
+    fn flapping_until_the_window_slides() {
+        let mut e = engine();
+        for (i, m) in [0, 5, 10].into_iter().enumerate() {
+            e.refused(&1, s(m * 60), 2);
+            assert_eq!(st(&e, 1), Some(if i == 2 { Flapping } else { Refusing }));
+            assert!(e.succeeded(&1, s(m * 60 + 20), 1).is_some());
         }
-        assert_eq!(e.get(&"t").unwrap().state, State::Refusing);
-        assert_eq!(
-            e.succeeded(&"t", ms(6000), 1),
-            Some(Outcome::ColdStart { seconds: 5.0 })
-        );
-        let t = e.get(&"t").unwrap();
-        assert_eq!(
-            (t.state, t.episodes_total, t.cold_starts, t.refused_total),
-            (State::Ok, 1, 1, 17)
-        );
-        assert_eq!(e.watched().count(), 0);
-        assert_eq!(
-            e.explain(&"t", ms(7000)).unwrap(),
-            "accepted 5s after its first refusal: a cold start (refusals during a boot are expected)"
-        );
+        assert_eq!(st(&e, 1), Some(Flapping), "holds without an open episode");
+        e.tick(s(15 * 60));
+        assert_eq!(st(&e, 1), Some(Flapping), "the window includes its edge");
+        e.tick(s(15 * 60) + ms(1));
+        assert_eq!(st(&e, 1), Some(State::Ok));
     }
 
     #[test]
-    fn persistent_exactly_at_the_threshold_then_recovered() {
-        let mut e = Engine::new(short());
-        e.refused(&"t", ms(0), 1);
-        e.refused(&"t", ms(1000), 2);
-        e.tick(ms(9999));
-        assert_eq!(e.get(&"t").unwrap().state, State::Refusing);
-        e.tick(ms(10_000));
-        assert_eq!(e.get(&"t").unwrap().state, State::Persistent);
-        assert!(
-            e.explain(&"t", ms(192_000))
-                .unwrap()
-                .starts_with("refused 3 times over 3m12s and never accepted: persistent")
-        );
-        assert_eq!(
-            e.succeeded(&"t", ms(20_000), 1),
-            Some(Outcome::Recovered { seconds: 20.0 })
-        );
-        assert_eq!(e.get(&"t").unwrap().recoveries, 1);
-    }
-
-    #[test]
-    fn too_few_attempts_stay_refusing() {
-        let mut e = Engine::new(short());
-        e.refused(&"t", ms(0), 1);
-        e.refused(&"t", ms(5000), 1);
-        e.tick(ms(110_000));
-        assert_eq!(e.get(&"t").unwrap().state, State::Refusing);
-        // Past cold_start_max without becoming persistent: a recovery, not a cold start.
-        assert_eq!(
-            e.succeeded(&"t", ms(110_000), 1),
-            Some(Outcome::Recovered { seconds: 110.0 })
-        );
-    }
-
-    #[test]
-    fn crash_loop_is_flapping_until_the_window_slides() {
-        let mut e = Engine::new(short());
-        for i in 0..3 {
-            e.refused(&"t", ms(i * 2000), 1);
-            e.succeeded(&"t", ms(i * 2000 + 1000), 1);
-        }
-        assert_eq!(e.get(&"t").unwrap().state, State::Flapping);
-        assert!(e.explain(&"t", ms(6000)).unwrap().contains("flapping"));
-        e.tick(ms(4000 + 60_000));
-        assert_eq!(e.get(&"t").unwrap().state, State::Ok);
-    }
-
-    #[test]
-    fn idle_targets_are_forgotten() {
-        let mut e = Engine::new(short());
-        e.refused(&"a", ms(0), 1);
-        e.succeeded(&"b", ms(0), 1);
-        e.tick(ms(119_999));
-        assert_eq!(e.len(), 2);
-        e.tick(ms(120_000));
+    fn forgets_idle_targets() {
+        let mut e = engine();
+        e.refused(&1, s(0), 1);
+        e.succeeded(&1, s(5), 1);
+        e.refused(&2, s(0), 9);
+        e.refused(&3, s(3000), 1);
+        e.tick(s(3605) - ms(1));
+        assert_eq!(e.len(), 2, "2's persistent episode went idle at 1h");
+        e.tick(s(3605));
+        assert_eq!(e.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [3]);
+        e.tick(s(10_000));
         assert!(e.is_empty());
     }
 
     #[test]
-    fn formats_durations() {
-        assert_eq!(format_duration(ms(850)), "850ms");
-        assert_eq!(format_duration(ms(45_000)), "45s");
-        assert_eq!(format_duration(ms(192_000)), "3m12s");
-        assert_eq!(format_duration(ms(3_720_000)), "1h2m");
+    fn bounded_history_and_disorder_saturates() {
+        let mut e = engine();
+        for i in 0..25 {
+            e.refused(&1, s(i * 1000), 1);
+            e.succeeded(&1, s(i * 1000 + 1), 1);
+        }
+        let t = e.get(&1).expect("target");
+        assert_eq!((t.history.len(), t.history[0].started), (HISTORY, s(15_000)));
+        e.refused(&2, s(10), 0);
+        assert!(e.get(&2).is_none(), "n == 0 is a no-op");
+        [10, 3].into_iter().for_each(|at| e.refused(&2, s(at), 1));
+        e.tick(s(1));
+        assert_eq!(e.succeeded(&2, s(5), 1), Some(Outcome::ColdStart { seconds: 0.0 }));
+        let t = e.get(&2).expect("target");
+        let times = (t.first_refusal, t.last_refusal, t.history[0].ended);
+        assert_eq!(times, (Some(s(3)), Some(s(10)), Some(s(10))));
     }
 
-    #[derive(Clone, Debug)]
-    enum Op {
-        Refused(u8, u64),
-        Succeeded(u8, u64),
-        Tick,
+    #[test]
+    fn explains_each_state() {
+        let mut e = engine();
+        let say = |e: &Engine<u8>, k, now| e.explain(&k, now).expect("known");
+        e.refused(&1, s(0), 4);
+        let want = "refused 4 times over 45s and not accepted yet: probably still starting, persistent if it lasts 3m \
+                    with 3 or more attempts";
+        assert_eq!(say(&e, 1, s(45)), want);
+        e.tick(s(192));
+        let want = "refused 4 times over 3m12s and never accepted: persistent misconfiguration (wrong port, service \
+                    not started, or bound elsewhere)";
+        assert_eq!(say(&e, 1, s(192)), want);
+        e.succeeded(&1, s(200), 1);
+        let want = "accepting: the last episode (4 refused) ended 2m ago, recovered after 3m20s of refusals";
+        assert_eq!(say(&e, 1, s(320)), want);
+        e.refused(&2, s(0), 1);
+        e.succeeded(&2, ms(4500), 1);
+        let want = "accepting: the last episode (1 refused) ended 1h2m ago, a cold start that took 4s";
+        assert_eq!(say(&e, 2, s(3725)), want);
+        for at in [0, 60, 120, 150] {
+            e.refused(&3, s(at), 1);
+            e.succeeded(&3, s(at + 5), u64::from(at < 150));
+        }
+        let want = "3 or more refusal episodes within 15m, refusing again for 30s: flapping, it listens, dies and \
+                    listens again";
+        assert_eq!(say(&e, 3, s(180)), want);
+        e.succeeded(&4, s(1), 1);
+        let want = "accepting, last success 850ms ago, no refusals seen";
+        assert_eq!((say(&e, 4, ms(1850)), e.explain(&5, s(1))), (want.into(), None));
     }
 
-    fn op() -> impl Strategy<Value = (Op, u64)> {
-        let kind = prop_oneof![
-            (0u8..3, 1u64..4).prop_map(|(k, n)| Op::Refused(k, n)),
-            (0u8..3, 1u64..3).prop_map(|(k, n)| Op::Succeeded(k, n)),
-            Just(Op::Tick),
-        ];
-        (kind, 0u64..20_000)
+    #[test]
+    fn formats_durations_and_names_states() {
+        let cases = [(850, "850ms"), (0, "0ms"), (45, "45s"), (192, "3m12s"), (180, "3m")];
+        let long = [(3720, "1h2m"), (3659, "1h"), (90_000, "25h")];
+        for (d, want) in cases.into_iter().chain(long) {
+            let d = if want.ends_with("ms") { ms(d) } else { s(d) };
+            assert_eq!(format_duration(d), want);
+        }
+        let names = [State::Ok, Refusing, Persistent, Flapping].map(State::name);
+        assert_eq!(names, ["ok", "refusing", "persistent", "flapping"]);
+    }
+
+    /// Mostly steps that keep episodes and flapping going, some long enough to forget targets.
+    fn steps() -> impl Strategy<Value = u64> {
+        prop_oneof![15 => 0..5_000u64, 4 => 0..60_000u64, 1 => 0..700_000u64]
     }
 
     proptest! {
+        /// Ops are (kind: 0 refused, 1 succeeded, 2 tick; key; n; clock step in ms).
         #[test]
-        fn invariants_hold_for_any_sequence(ops in proptest::collection::vec(op(), 0..200)) {
-            let t = short();
-            let mut e = Engine::new(t.clone());
+        fn invariants_hold(ops in prop::collection::vec((0..3u8, 0..3u8, 0..4u64, steps()), 0..200)) {
+            let mut th = Thresholds::default();
+            (th.cold_start_max, th.persistent_after, th.flap_window, th.forget_after) = (s(10), s(20), s(300), s(600));
+            let mut e = Engine::new(th.clone());
+            let mut starts: BTreeMap<u8, Vec<Duration>> = BTreeMap::new();
             let mut now = Duration::ZERO;
-            for (op, step) in ops {
+            for (kind, k, n, step) in ops {
                 now += ms(step);
-                let ticked = matches!(op, Op::Tick);
-                match op {
-                    Op::Refused(k, n) => e.refused(&k, now, n),
-                    Op::Succeeded(k, n) => { e.succeeded(&k, now, n); }
-                    Op::Tick => e.tick(now),
+                if kind == 0 && n > 0 && e.get(&k).is_none_or(|t| t.open.is_none()) {
+                    starts.entry(k).or_default().push(now);
                 }
-                for (_, target) in e.iter() {
-                    // Every episode ended in exactly one outcome, or is the one open episode.
-                    prop_assert_eq!(target.episodes_total, target.cold_starts + target.recoveries + u64::from(target.open.is_some()));
-                    for ep in &target.history {
-                        prop_assert!(ep.outcome.is_some() && ep.ended.is_some_and(|end| end >= ep.started));
-                        match ep.outcome.unwrap() {
-                            Outcome::ColdStart { seconds } | Outcome::Recovered { seconds } => prop_assert!(seconds >= 0.0),
+                match kind {
+                    0 => e.refused(&k, now, n),
+                    1 => prop_assert!(e.succeeded(&k, now, n).is_none_or(|o| secs(o) >= 0.0)),
+                    _ => {
+                        e.tick(now);
+                        starts.retain(|k, _| e.get(k).is_some());
+                        for (k, t) in e.iter() {
+                            let recent = starts.get(k).map_or(0, |v| v.iter().filter(|&&x| now - x <= s(300)).count());
+                            prop_assert_eq!(t.state == Flapping, recent >= 3);
+                            if let (Some(ep), false) = (&t.open, t.state == Flapping) {
+                                let due = ep.refused >= 3 && now - ep.started >= s(20);
+                                prop_assert_eq!(t.state, if due { Persistent } else { Refusing });
+                            }
                         }
                     }
-                    prop_assert!(target.history.len() <= HISTORY);
-                    prop_assert!(target.starts.len() <= t.flap_episodes as usize);
-                    let flapping = target.starts.iter().filter(|s| now.saturating_sub(**s) < t.flap_window).count() >= t.flap_episodes as usize;
-                    // States advance on a target's own events and on ticks.
-                    if ticked { prop_assert_eq!(target.state == State::Flapping, flapping); }
+                }
+                for (k, t) in e.iter() {
+                    prop_assert_eq!(t.cold_starts + t.recoveries + u64::from(t.open.is_some()), t.episodes_total);
+                    prop_assert!(t.history.len() <= HISTORY && t.starts.len() <= 3);
+                    prop_assert_eq!(e.watched().any(|w| w == k), t.open.is_some());
+                    let open_ok = |o: &Episode| o.refused > 0 && o.ended.is_none() && o.outcome.is_none();
+                    prop_assert!(t.open.as_ref().is_none_or(open_ok));
+                    prop_assert!(t.state != State::Ok || t.open.is_none());
+                    for ep in &t.history {
+                        let ended = ep.ended.unwrap_or_default();
+                        let exact = ep.outcome.is_some_and(|o| secs(o) == (ended - ep.started).as_secs_f64());
+                        prop_assert!(ep.ended.is_some() && ended >= ep.started && exact, "{:?}", ep);
+                    }
                 }
             }
-            e.tick(now + t.forget_after + t.flap_window);
+            let last = e.iter().filter_map(|(_, t)| t.last_activity()).max().unwrap_or_default();
+            e.tick(last.max(now) + th.forget_after);
             prop_assert!(e.is_empty());
         }
     }

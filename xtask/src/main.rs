@@ -1,4 +1,5 @@
 //! Project automation: `cargo xtask setup | build | run | test`.
+mod bench;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -27,6 +28,24 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure the connect-path overhead and the daemon's costs; writes BENCHMARKS.md.
+    Bench {
+        /// Interleaved rounds of every variant.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Refused connects per round and variant.
+        #[arg(long, default_value_t = 20_000)]
+        refused: u64,
+        /// Successful connect/accept/close rounds per round and variant.
+        #[arg(long, default_value_t = 5_000)]
+        success: u64,
+        /// Quick pass (CI): one small round, exact counts checked, report to a temporary file.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the report.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Set up everything and run every test (unit, kernel integration, end to end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -40,6 +59,10 @@ pub fn root() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
+}
+
+fn smoke_report() -> PathBuf {
+    std::env::temp_dir().join("refusal-agent-BENCHMARKS.smoke.md")
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -80,6 +103,34 @@ fn main() -> Result<()> {
                 c
             };
             run(cmd.arg("run").args(args))?;
+        }
+        Cmd::Bench {
+            rounds,
+            refused,
+            success,
+            smoke,
+            out,
+        } => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            let opts = if smoke {
+                bench::Opts {
+                    rounds: 1,
+                    refused: 2_000,
+                    success: 500,
+                    smoke,
+                    out: out.unwrap_or_else(smoke_report),
+                }
+            } else {
+                bench::Opts {
+                    rounds,
+                    refused,
+                    success,
+                    smoke,
+                    out: out.unwrap_or_else(|| root().join("BENCHMARKS.md")),
+                }
+            };
+            bench::run(&opts)?;
         }
         Cmd::Test { args } => {
             setup::toolchain()?;

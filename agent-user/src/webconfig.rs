@@ -1,0 +1,1 @@
+//! Web config (TLS, basic auth) for the HTTP endpoints: see `http.rs`.
