@@ -147,6 +147,8 @@ pub enum AttachMode {
     Auto,
     Fentry,
     Kprobe,
+    /// Spelled as in DESIGN.md and the config file, not clap's default `tp-btf`.
+    #[value(name = "tp_btf")]
     TpBtf,
     Tracepoint,
 }

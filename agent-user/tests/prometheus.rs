@@ -1,0 +1,255 @@
+//! Prometheus for real: a Prometheus server (Debian package) scrapes the real daemon every second
+//! while the test produces every signal; then every PromQL expression of every dashboard panel
+//! and every rule must parse and return data, and `promtool check metrics` must accept the
+//! daemon's exposition.
+mod common;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Dashboard variables as Grafana would fill them: everything, one scrape interval's worth.
+fn substitute(expr: &str) -> String {
+    let mut e = expr.to_string();
+    for var in ["instance", "workload", "dst_addr", "dst_port", "job", "comm"] {
+        e = e.replace(&format!("=\"${var}\""), "=~\".+\"").replace(&format!("=\"${{{var}}}\""), "=~\".+\"");
+        e = e.replace(&format!("${{{var}}}"), ".+").replace(&format!("${var}"), ".+");
+    }
+    e.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m")
+}
+
+fn dashboard_exprs() -> Vec<(String, String)> {
+    fn walk(panels: &[serde_json::Value], file: &str, out: &mut Vec<(String, String)>) {
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(e) = t["expr"].as_str() {
+                    out.push((format!("{file}: {}", p["title"].as_str().unwrap_or("?")), e.to_string()));
+                }
+            }
+            walk(p["panels"].as_array().map(Vec::as_slice).unwrap_or_default(), file, out);
+        }
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo().join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            walk(d["panels"].as_array().unwrap(), &name, &mut out);
+        }
+    }
+    out
+}
+
+/// `expr:` values of a rules file, single-line or block (`expr: |`).
+fn rule_exprs(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut name = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if let Some(n) = t.strip_prefix("- alert:").or_else(|| t.strip_prefix("- record:")) {
+            name = n.trim().to_string();
+        }
+        let Some(v) = t.strip_prefix("expr:") else { continue };
+        let v = v.trim();
+        let expr = if v == "|" || v == ">" || v == "|-" || v == ">-" {
+            let indent = line.len() - t.len();
+            lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            v.trim_matches(['\'', '"']).to_string()
+        };
+        out.push((format!("{}: {name}", path.file_name().unwrap().to_string_lossy()), expr));
+    }
+    out
+}
+
+/// An alert's expression is a query compared to a threshold; the query itself must have data
+/// even when the alert does not fire.
+fn without_threshold(expr: &str) -> Option<String> {
+    for op in [" == ", " != ", " > ", " < ", " >= ", " <= "] {
+        if let Some((lhs, rhs)) = expr.rsplit_once(op)
+            && rhs.trim().parse::<f64>().is_ok()
+        {
+            return Some(lhs.trim().to_string());
+        }
+    }
+    None
+}
+
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Prometheus {
+        let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("refusal-prom-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = repo().join("dashboards/rules");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\nscrape_configs:\n  - job_name: refusal-agent\n    static_configs:\n      - targets: ['{target}']\n",
+            rules.join("refusal-recording.yml").display(),
+            rules.join("refusal-alerts.yml").display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`)");
+        let p = Prometheus { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !get(addr, "/-/ready").is_ok_and(|(c, _)| c == 200) {
+            assert!(Instant::now() < deadline, "prometheus not ready:\n{}", p.log());
+            thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// (error, number of series returned).
+    fn query(&self, expr: &str) -> Result<usize, String> {
+        let (code, body) = get(self.addr, &format!("/api/v1/query?query={}", encode(expr))).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(match &v["data"]["result"] {
+            serde_json::Value::Array(a) => a.len(),
+            // Scalars and strings always carry a value.
+            _ => 1,
+        })
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every signal the dashboards show: refusals (cold start, persistent), inbound refusals, resets
+/// both ways.
+fn produce_signals(duration: Duration) {
+    let start = Instant::now();
+    let persistent = closed_port();
+    let cold = closed_port();
+    let resets = TcpListener::bind("127.0.0.1:0").unwrap();
+    let resets_port = resets.local_addr().unwrap().port();
+    thread::spawn(move || {
+        while let Ok((s, _)) = resets.accept() {
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: valid option for a TCP socket we own.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    size_of::<libc::linger>() as u32,
+                )
+            };
+        }
+    });
+    let mut cold_server = None;
+    while start.elapsed() < duration {
+        let _ = TcpStream::connect(("127.0.0.1", persistent));
+        let _ = TcpStream::connect(("127.0.0.1", cold));
+        if cold_server.is_none() && start.elapsed() > Duration::from_secs(3) {
+            cold_server = Some(TcpListener::bind(("127.0.0.1", cold)).unwrap());
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", resets_port)) {
+            let _ = s.write(b"x");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
+    if !privileged("prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data") {
+        return;
+    }
+    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let before = std::fs::read_to_string(stats).unwrap_or_default();
+    std::fs::write(stats, "1").unwrap();
+    let d = Daemon::start(&["--persistent-after", "2s", "--cold-start-max", "30s"]);
+    let prom = Prometheus::start(d.addr);
+    produce_signals(Duration::from_secs(12));
+    // A few more scrapes and rule evaluations after the last signal.
+    thread::sleep(Duration::from_secs(4));
+
+    // The exposition itself passes Prometheus's own linter.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(d.metrics().as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics:\n{complaints}");
+
+    let mut exprs = dashboard_exprs();
+    let rules = repo().join("dashboards/rules");
+    exprs.extend(rule_exprs(&rules.join("refusal-recording.yml")));
+    exprs.extend(rule_exprs(&rules.join("refusal-alerts.yml")));
+    assert!(exprs.len() > 30, "found only {} expressions", exprs.len());
+    let mut failures = Vec::new();
+    for (place, expr) in &exprs {
+        let q = substitute(expr);
+        match prom.query(&q) {
+            Err(e) => failures.push(format!("{place}: does not parse: {e}\n    {q}")),
+            Ok(0) => match without_threshold(&q).map(|lhs| (prom.query(&lhs), lhs)) {
+                Some((Ok(n), _)) if n > 0 => {}
+                Some((r, lhs)) => failures.push(format!("{place}: no data ({r:?})\n    {lhs}")),
+                None => failures.push(format!("{place}: no data\n    {q}")),
+            },
+            Ok(_) => {}
+        }
+    }
+    let _ = std::fs::write(stats, before.trim());
+    assert!(failures.is_empty(), "{} of {} expressions failed:\n{}", failures.len(), exprs.len(), failures.join("\n"));
+}
