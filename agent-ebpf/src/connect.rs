@@ -10,29 +10,24 @@ use crate::{maps, owner};
 
 #[fentry(function = "tcp_v4_connect")]
 pub fn connect4_fentry(ctx: FEntryContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    owner::record(ctx.arg(0));
-    0
+    maps::run(|| {
+        owner::record(ctx.arg(0));
+        Ok(0)
+    })
 }
 
 #[fentry(function = "tcp_v6_connect")]
 pub fn connect6_fentry(ctx: FEntryContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    owner::record(ctx.arg(0));
-    0
+    maps::run(|| {
+        owner::record(ctx.arg(0));
+        Ok(0)
+    })
 }
 
 #[kprobe]
 pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    if let Some(sk) = ctx.arg::<*const u8>(0) {
-        owner::record(sk);
-    }
-    0
+    maps::run(|| {
+        owner::record(ctx.arg::<*const u8>(0).ok_or(0u32)?);
+        Ok(0)
+    })
 }

@@ -10,12 +10,7 @@ use crate::{maps, owner, sock};
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match on_error_report(ctx.arg(0)) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| on_error_report(ctx.arg(0)))
 }
 
 #[inline(always)]
@@ -37,12 +32,7 @@ fn on_error_report(sk: *const u8) -> Result<u32, u32> {
 /// The classic tracepoint's record has no socket: attribution falls back to the current task.
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn error_report_tp(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match try_error_report_tp(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| try_error_report_tp(&ctx))
 }
 
 fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {

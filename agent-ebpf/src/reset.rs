@@ -12,22 +12,12 @@ use crate::{maps, owner, sock};
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match try_send_reset_tp(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| try_send_reset_tp(&ctx))
 }
 
 fn try_send_reset_tp(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -110,22 +100,12 @@ fn inbound_refused(skb: *const u8) -> Result<bool, u32> {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match on_kfree_skb(ctx.arg(0), ctx.arg(2)) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| on_kfree_skb(ctx.arg(0), ctx.arg(2)))
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match try_kfree_skb_tp(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| try_kfree_skb_tp(&ctx))
 }
 
 fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -152,26 +132,16 @@ fn on_kfree_skb(skb: *const u8, reason: u32) -> Result<u32, u32> {
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match on_receive_reset(ctx.arg(0)) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| on_receive_reset(ctx.arg(0)))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    // SAFETY: offset from this kernel's format file for this event.
-    match unsafe { ctx.read_at::<u64>(sock::off!(tp.receive_reset_skaddr) as usize) } {
-        Ok(sk) => match on_receive_reset(sk as *const u8) {
-            Ok(v) | Err(v) => v,
-        },
-        Err(_) => 0,
-    }
+    maps::run(|| {
+        // SAFETY: offset from this kernel's format file for this event.
+        let sk = unsafe { ctx.read_at::<u64>(sock::off!(tp.receive_reset_skaddr) as usize) }.map_err(|_| 0u32)?;
+        on_receive_reset(sk as *const u8)
+    })
 }
 
 #[inline(always)]

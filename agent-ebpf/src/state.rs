@@ -16,22 +16,12 @@ use crate::{
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state_btf(ctx: BtfTracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match on_state(ctx.arg(0), ctx.arg(1), ctx.arg(2)) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| on_state(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn sock_state_tp(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match try_sock_state_tp(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| try_sock_state_tp(&ctx))
 }
 
 fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {

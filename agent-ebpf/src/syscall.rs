@@ -38,12 +38,7 @@ static CONNECTING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match try_connect_enter(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| try_connect_enter(&ctx))
 }
 
 /// Costs two loads and a store per connect(2); the sockaddr is read only on failure.
@@ -73,12 +68,7 @@ fn user<T>(addr: *const u8, offset: usize) -> Result<T, u32> {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    if maps::empty() {
-        return 0;
-    }
-    match try_connect_exit(&ctx) {
-        Ok(v) | Err(v) => v,
-    }
+    maps::run(|| try_connect_exit(&ctx))
 }
 
 fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {

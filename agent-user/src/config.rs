@@ -51,14 +51,16 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        // The verdict thresholds' defaults live with the rules they tune.
+        let t = crate::verdict::Thresholds::default();
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9977)),
-            cold_start_max: Duration::from_secs(180),
-            persistent_after: Duration::from_secs(180),
-            min_attempts: 3,
-            flap_episodes: 3,
-            flap_window: Duration::from_secs(15 * 60),
-            forget_after: Duration::from_secs(3600),
+            cold_start_max: t.cold_start_max,
+            persistent_after: t.persistent_after,
+            min_attempts: t.min_attempts,
+            flap_episodes: t.flap_episodes,
+            flap_window: t.flap_window,
+            forget_after: t.forget_after,
             max_series: 10_000,
             log_format: LogFormat::Text,
             attach: AttachMode::Auto,

@@ -7,7 +7,6 @@ mod common;
 use std::{
     io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -34,10 +33,16 @@ fn encode(s: &str) -> String {
 fn substitute(expr: &str) -> String {
     let mut e = expr.to_string();
     for var in ["instance", "workload", "dst_addr", "dst_port", "job", "comm"] {
-        e = e.replace(&format!("=\"${var}\""), "=~\".+\"").replace(&format!("=\"${{{var}}}\""), "=~\".+\"");
-        e = e.replace(&format!("${{{var}}}"), ".+").replace(&format!("${var}"), ".+");
+        e = e
+            .replace(&format!("=\"${var}\""), "=~\".+\"")
+            .replace(&format!("=\"${{{var}}}\""), "=~\".+\"");
+        e = e
+            .replace(&format!("${{{var}}}"), ".+")
+            .replace(&format!("${var}"), ".+");
     }
-    e.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m")
+    e.replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "5m")
 }
 
 fn dashboard_exprs() -> Vec<(String, String)> {
@@ -147,7 +152,8 @@ impl Prometheus {
 
     /// (error, number of series returned).
     fn query(&self, expr: &str) -> Result<usize, String> {
-        let (code, body) = get(self.addr, &format!("/api/v1/query?query={}", encode(expr))).map_err(|e| e.to_string())?;
+        let (code, body) =
+            get(self.addr, &format!("/api/v1/query?query={}", encode(expr))).map_err(|e| e.to_string())?;
         let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{code}: {e}: {body}"))?;
         if v["status"] != "success" {
             return Err(format!("{}: {}", v["errorType"], v["error"]));
@@ -178,17 +184,7 @@ fn produce_signals(duration: Duration) {
     let resets_port = resets.local_addr().unwrap().port();
     thread::spawn(move || {
         while let Ok((s, _)) = resets.accept() {
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: valid option for a TCP socket we own.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    size_of::<libc::linger>() as u32,
-                )
-            };
+            linger_zero(&s);
         }
     });
     let mut cold_server = None;
@@ -229,8 +225,15 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
         .unwrap();
     check.stdin.take().unwrap().write_all(d.metrics().as_bytes()).unwrap();
     let out = check.wait_with_output().unwrap();
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics:\n{complaints}");
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics:\n{complaints}"
+    );
 
     let mut exprs = dashboard_exprs();
     let rules = repo().join("dashboards/rules");
@@ -251,5 +254,11 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
         }
     }
     let _ = std::fs::write(stats, before.trim());
-    assert!(failures.is_empty(), "{} of {} expressions failed:\n{}", failures.len(), exprs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} expressions failed:\n{}",
+        failures.len(),
+        exprs.len(),
+        failures.join("\n")
+    );
 }

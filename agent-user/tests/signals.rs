@@ -5,7 +5,6 @@ mod common;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     process::Command,
     time::Duration,
 };
@@ -206,21 +205,7 @@ fn resets_on_established_connections_both_directions() {
         .spawn(move || {
             for _ in 0..N {
                 let (s, _) = listener.accept().unwrap();
-                // SO_LINGER {on, 0}: close() aborts the connection with a RST.
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: valid option for a TCP socket we own.
-                unsafe {
-                    libc::setsockopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&linger as *const libc::linger).cast(),
-                        size_of::<libc::linger>() as u32,
-                    )
-                };
+                linger_zero(&s);
                 drop(s);
             }
         })
