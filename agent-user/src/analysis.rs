@@ -207,12 +207,10 @@ impl Analysis {
                 labels[2] = OTHER.into();
                 labels[3] = OTHER.into();
             }
-            for s in [State::Refusing, State::Persistent, State::Flapping] {
-                let mut l = labels.clone();
-                l.push(s.name().into());
-                let v = states.entry(l).or_default();
-                *v = v.max(f64::from(u8::from(t.state == s)));
-            }
+            // One series per target, for the state it is in: three per target would triple a
+            // port scan's scrape for zeros that absent series express as well.
+            labels.push(t.state.name().into());
+            states.insert(labels, 1.0);
         }
         let mut episodes = Samples::new();
         for ((id, outcome), n) in &self.episodes {
@@ -450,6 +448,6 @@ mod tests {
         );
         let text = encode(&a.families(&mut SeriesCap::new(100))).unwrap();
         assert!(text.contains("refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",state=\"refusing\"} 1\n"), "{text}");
-        assert!(text.contains("state=\"persistent\"} 0\n"), "{text}");
+        assert!(!text.contains("state=\"persistent\""), "{text}");
     }
 }

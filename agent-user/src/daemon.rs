@@ -99,7 +99,10 @@ pub async fn run(cfg: Config, flavor: loader::Flavor) -> Result<(), DaemonError>
     let resolver = CgroupResolver::new()
         .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
         .ok();
-    let collector = Collector::new(loaded.ebpf, resolver, kernel.resolved.rst_reasons.clone())?;
+    // The parsed BTF (tens of MiB) is needed only to load and attach.
+    let rst_reasons = kernel.resolved.rst_reasons;
+    drop((kernel.btf, kernel.ours));
+    let collector = Collector::new(loaded.ebpf, resolver, rst_reasons)?;
     let shared = Arc::new(Shared {
         collector: Mutex::new(collector),
         analysis: Mutex::new(Analysis::new(cfg.thresholds())?),

@@ -11,7 +11,6 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::core::Collector;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{api, daemon::Shared, metrics};
@@ -63,8 +62,8 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
     let response = match req.uri().path() {
         "/metrics" => {
             let shared2 = shared.clone();
-            let families = tokio::task::spawn_blocking(move || metrics::Exporter(shared2).collect()).await;
-            match families.map_err(|e| e.to_string()).and_then(|f| metrics::encode(&f).map_err(|e| e.to_string())) {
+            let text = tokio::task::spawn_blocking(move || metrics::scrape(shared2)).await;
+            match text.map_err(|e| e.to_string()).and_then(|t| t.map_err(|e| e.to_string())) {
                 Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }

@@ -214,7 +214,7 @@ pub struct Loaded {
 /// What attaching needs to know about the running kernel.
 pub struct Kernel {
     pub btf: Btf,
-    ours: crate::btf::Btf,
+    pub ours: crate::btf::Btf,
     pub resolved: Resolved,
 }
 

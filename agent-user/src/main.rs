@@ -43,6 +43,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // A scrape at 10,000 series allocates tens of MiB for a moment; glibc's per-thread arenas
+    // would each keep such a peak. Two arenas bound that; scrapes trim after themselves.
+    // SAFETY: mallopt is safe to call before any thread starts.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {

@@ -149,7 +149,8 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<
             series,
             INBOUND_REFUSED,
             vec![i.local_addr.clone(), i.local_port.to_string()],
-            &[1],
+            // Both: a flood of local addresses must not grow one series per address.
+            &[0, 1],
             i.count,
         );
     }
@@ -271,6 +272,16 @@ pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
     TextEncoder::new().encode(families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// Collects and encodes one scrape, then gives the transient memory back to the system.
+pub fn scrape(shared: Arc<Shared>) -> Result<String, prometheus::Error> {
+    let families = Exporter(shared).collect();
+    let text = encode(&families);
+    drop(families);
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+    text
 }
 
 /// Collects from the kernel maps on every scrape.

@@ -174,8 +174,8 @@ impl Drop for Prometheus {
     }
 }
 
-/// Every signal the dashboards show: refusals (cold start, persistent), inbound refusals, resets
-/// both ways.
+/// Every signal the dashboards show: refusals (cold start, persistent, flapping), inbound
+/// refusals, resets both ways.
 fn produce_signals(duration: Duration) {
     let start = Instant::now();
     let persistent = closed_port();
@@ -188,9 +188,17 @@ fn produce_signals(duration: Duration) {
         }
     });
     let mut cold_server = None;
+    // Listens for one second in every two: a crash loop.
+    let flapping = closed_port();
+    let mut flap_server: Option<TcpListener> = None;
     while start.elapsed() < duration {
         let _ = TcpStream::connect(("127.0.0.1", persistent));
         let _ = TcpStream::connect(("127.0.0.1", cold));
+        let _ = TcpStream::connect(("127.0.0.1", flapping));
+        let up = start.elapsed().as_secs() % 2 == 1;
+        if up != flap_server.is_some() {
+            flap_server = up.then(|| TcpListener::bind(("127.0.0.1", flapping)).unwrap());
+        }
         if cold_server.is_none() && start.elapsed() > Duration::from_secs(3) {
             cold_server = Some(TcpListener::bind(("127.0.0.1", cold)).unwrap());
         }

@@ -85,6 +85,10 @@ impl Daemon {
         body
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops with SIGTERM and returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         unsafe_kill(self.child.id(), 15);
