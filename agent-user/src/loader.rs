@@ -5,7 +5,7 @@ use agent_common::{config, names};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::Array,
-    programs::{BtfTracePoint, FEntry, KProbe, ProgramError, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, TracePoint},
 };
 
 use crate::{caps, config::AttachMode, offsets, offsets::Resolved, tracefs};
@@ -271,7 +271,11 @@ pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, flavor: Flavor) -> Res
                     report.mode = Some(*m);
                     break;
                 }
-                Err(why) => report.refused.push((*m, why)),
+                Err(why) => {
+                    // A refused mode must not leave a loaded, unattached program behind.
+                    unload(&mut ebpf, attach);
+                    report.refused.push((*m, why))
+                }
             }
         }
         // Optional hooks degrade, forced or not: the daemon still counts what it can.
@@ -325,6 +329,24 @@ pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
         out.push((hook.name, modes));
     }
     Ok(out)
+}
+
+fn unload(ebpf: &mut Ebpf, attach: &Attach) {
+    let programs: Vec<&str> = match attach {
+        Attach::Fentry(targets) => targets.iter().map(|(p, _)| *p).collect(),
+        Attach::Kprobe { program, .. } | Attach::TpBtf { program, .. } => vec![*program],
+        Attach::Tracepoint(events) => events.iter().map(|(p, _, _)| *p).collect(),
+        Attach::SameAs(_) => Vec::new(),
+    };
+    for name in programs {
+        let _ = match ebpf.program_mut(name) {
+            Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::KProbe(p)) => p.unload(),
+            Some(Program::BtfTracePoint(p)) => p.unload(),
+            Some(Program::TracePoint(p)) => p.unload(),
+            _ => Ok(()),
+        };
+    }
 }
 
 fn attach_one(

@@ -89,6 +89,18 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Waits at most `limit` for the process to exit; its exit code, or None if it did not.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// Stops with SIGTERM and returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         unsafe_kill(self.child.id(), 15);
