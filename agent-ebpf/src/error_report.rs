@@ -1,6 +1,6 @@
 //! `inet_sk_error_report` for UDP: a connected UDP socket refused by ICMP port unreachable
 //! (ECONNREFUSED), or host/net unreachable. TCP failures are counted by `state.rs`.
-use agent_common::{Event, TargetKey, event_kind, proto};
+use agent_common::proto;
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -25,7 +25,7 @@ fn on_error_report(sk: *const u8) -> Result<u32, u32> {
         return Ok(0);
     }
     // Loopback and veth deliver the ICMP error in the sending task's context.
-    count(owner::of_socket(sk, true), daddr, dport, err as u16);
+    maps::connect_outcome(&owner::of_socket(sk, true), proto::UDP, daddr, dport, err as u16);
     Ok(0)
 }
 
@@ -58,30 +58,6 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
                 .map_err(|_| 0u32)?
         }
     };
-    count(owner::current(), daddr, dport, err as u16);
+    maps::connect_outcome(&owner::current(), proto::UDP, daddr, dport, err as u16);
     Ok(0)
-}
-
-#[inline(always)]
-fn count(o: agent_common::Owner, daddr: [u8; 16], dport: u16, errno: u16) {
-    maps::count_target(&TargetKey {
-        cgroup_id: o.cgroup_id,
-        daddr,
-        comm: o.comm,
-        dport,
-        errno,
-        proto: proto::UDP,
-        _pad: [0; 3],
-    });
-    maps::emit(|| Event {
-        cgroup_id: o.cgroup_id,
-        tgid: o.tgid,
-        kind: event_kind::CONNECT_FAILED,
-        proto: proto::UDP,
-        code: errno,
-        comm: o.comm,
-        daddr,
-        dport,
-        ..Event::default()
-    });
 }

@@ -122,7 +122,7 @@ fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
 /// Counts one connect outcome for `key`; failures that find the map full are still counted,
 /// in the per-errno overflow slots.
 #[inline(always)]
-pub fn count_target(key: &TargetKey) {
+fn count_target(key: &TargetKey) {
     // SAFETY: helper callable from any tracing program.
     let now = unsafe { bpf_ktime_get_ns() };
     let init = Counter { count: 1, last_ns: now };
@@ -153,6 +153,26 @@ fn watch(port: u16) {
     if let Some(on) = CONFIG.get_ptr_mut(agent_common::config::WATCHING) {
         // SAFETY: a u32 in an array map; a racing store writes the same value.
         unsafe { *on = 1 };
+    }
+}
+
+/// A connect outcome: counted per target (errno 0 is a success to a watched port), and every
+/// failure also streamed for `trace`.
+#[inline(always)]
+pub fn connect_outcome(o: &Owner, proto: u8, daddr: [u8; 16], dport: u16, errno: u16) {
+    count_target(&TargetKey { cgroup_id: o.cgroup_id, daddr, comm: o.comm, dport, errno, proto, _pad: [0; 3] });
+    if errno != 0 {
+        emit(|| Event {
+            cgroup_id: o.cgroup_id,
+            tgid: o.tgid,
+            kind: agent_common::event_kind::CONNECT_FAILED,
+            proto,
+            code: errno,
+            comm: o.comm,
+            daddr,
+            dport,
+            ..Event::default()
+        });
     }
 }
 

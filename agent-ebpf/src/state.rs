@@ -3,7 +3,7 @@
 //! the failure count at SYN_SENT → CLOSE with `sk_err` set, which also covers clients that
 //! closed the socket before the RST arrived (no error report then); successes only to ports
 //! user space watches.
-use agent_common::{Event, TargetKey, config, event_kind, proto, tcp_state};
+use agent_common::{config, proto, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -73,15 +73,7 @@ fn count_success(sk: *const u8) -> Result<u32, u32> {
         return Ok(0);
     }
     let o = owner::get(sk).unwrap_or_default();
-    maps::count_target(&TargetKey {
-        cgroup_id: o.cgroup_id,
-        daddr,
-        comm: o.comm,
-        dport,
-        errno: 0,
-        proto: proto::TCP,
-        _pad: [0; 3],
-    });
+    maps::connect_outcome(&o, proto::TCP, daddr, dport, 0);
     Ok(0)
 }
 
@@ -94,26 +86,6 @@ fn count_failure(sk: *const u8) -> Result<u32, u32> {
     }
     let o = owner::get(sk).unwrap_or_default();
     let (daddr, dport) = sock::peer(sk)?;
-    let key = TargetKey {
-        cgroup_id: o.cgroup_id,
-        daddr,
-        comm: o.comm,
-        dport,
-        errno: err as u16,
-        proto: proto::TCP,
-        _pad: [0; 3],
-    };
-    maps::count_target(&key);
-    maps::emit(|| Event {
-        cgroup_id: o.cgroup_id,
-        tgid: o.tgid,
-        kind: event_kind::CONNECT_FAILED,
-        proto: proto::TCP,
-        code: err as u16,
-        comm: o.comm,
-        daddr,
-        dport,
-        ..Event::default()
-    });
+    maps::connect_outcome(&o, proto::TCP, daddr, dport, err as u16);
     Ok(0)
 }

@@ -1,7 +1,7 @@
 //! connect(2) failures that happen inside the syscall, before any TCP state change (no route:
 //! ENETUNREACH; EADDRNOTAVAIL; EACCES/EPERM from policy). Only classic syscall tracepoints
 //! exist for these, and they run in the calling task, so the caller is the owner.
-use agent_common::{Event, TargetKey, event_kind, proto};
+use agent_common::proto;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
     macros::{map, tracepoint},
@@ -93,28 +93,7 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         p if p == u16::from(proto::UDP) => proto::UDP,
         _ => return Ok(0),
     };
-    let o = owner::current();
-    let errno = (-ret) as u16;
-    maps::count_target(&TargetKey {
-        cgroup_id: o.cgroup_id,
-        daddr,
-        comm: o.comm,
-        dport,
-        errno,
-        proto,
-        _pad: [0; 3],
-    });
-    maps::emit(|| Event {
-        cgroup_id: o.cgroup_id,
-        tgid: o.tgid,
-        kind: event_kind::CONNECT_FAILED,
-        proto,
-        code: errno,
-        comm: o.comm,
-        daddr,
-        dport,
-        ..Event::default()
-    });
+    maps::connect_outcome(&owner::current(), proto, daddr, dport, (-ret) as u16);
     Ok(0)
 }
 
