@@ -160,7 +160,15 @@ fn watch(port: u16) {
 /// failure also streamed for `trace`.
 #[inline(always)]
 pub fn connect_outcome(o: &Owner, proto: u8, daddr: [u8; 16], dport: u16, errno: u16) {
-    count_target(&TargetKey { cgroup_id: o.cgroup_id, daddr, comm: o.comm, dport, errno, proto, _pad: [0; 3] });
+    count_target(&TargetKey {
+        cgroup_id: o.cgroup_id,
+        daddr,
+        comm: o.comm,
+        dport,
+        errno,
+        proto,
+        _pad: [0; 3],
+    });
     if errno != 0 {
         emit(|| Event {
             cgroup_id: o.cgroup_id,

@@ -22,7 +22,9 @@ fn port_scan_and_destination_flood_stay_bounded_and_exact() {
     let (scanned, flooded) = as_comm("scanner", || {
         // Every port of 127.0.0.1: the ones that accept (this daemon's own, and whatever else
         // listens) do not count as refusals.
-        let scanned = (1..=65535u16).filter(|p| TcpStream::connect(("127.0.0.1", *p)).is_err()).count();
+        let scanned = (1..=65535u16)
+            .filter(|p| TcpStream::connect(("127.0.0.1", *p)).is_err())
+            .count();
         // 50,000 distinct loopback destinations on one closed port.
         let port = closed_port();
         let flooded = (0..50_000u32)
@@ -38,18 +40,39 @@ fn port_scan_and_destination_flood_stay_bounded_and_exact() {
     // A couple of collections after the last connect.
     std::thread::sleep(Duration::from_millis(600));
     let m = d.metrics();
-    assert_eq!(value(&m, FAILURES, &[("comm", "scanner"), ("errno", "ECONNREFUSED")]) + value(&m, FAILURES, &[("comm", "other")]), total);
+    assert_eq!(
+        value(&m, FAILURES, &[("comm", "scanner"), ("errno", "ECONNREFUSED")])
+            + value(&m, FAILURES, &[("comm", "other")]),
+        total
+    );
     // Folding: at most max_series label sets of their own, plus the `other` ones.
     let failures = series(&m, FAILURES);
     assert!(failures <= 10_000 + 3, "{failures} failure series");
     assert!(value(&m, "refusal_agent_series_overflow_total", &[("metric", FAILURES)]) > 0.0);
     // The kernel's own map (16,384 targets) overflowed too, and said so.
-    assert!(value(&m, "refusal_agent_events_dropped_total", &[("where", "target_map_full")]) > 0.0);
+    assert!(
+        value(
+            &m,
+            "refusal_agent_events_dropped_total",
+            &[("where", "target_map_full")]
+        ) > 0.0
+    );
     let inbound = series(&m, "refusal_inbound_refused_total");
     assert!(inbound <= 10_000 + 1, "{inbound} inbound series");
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let rss_kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    eprintln!("after {total} refusals: {failures} failure series, {inbound} inbound series, RSS {} MiB", rss_kib / 1024);
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "after {total} refusals: {failures} failure series, {inbound} inbound series, RSS {} MiB",
+        rss_kib / 1024
+    );
     assert!(rss_kib < 256 * 1024, "RSS {rss_kib} KiB");
     assert_eq!(d.stop(), Some(0));
 }

@@ -246,12 +246,18 @@ fn program_ids(pid: u32) -> std::collections::BTreeSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        })
         .collect()
 }
 
 fn loaded_programs() -> std::collections::BTreeSet<u64> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
     let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     progs.iter().filter_map(|p| p["id"].as_u64()).collect()
 }
@@ -268,11 +274,19 @@ fn sigterm_exits_0_within_2s_and_leaves_no_program_behind() {
     assert_eq!(ours.len(), 6, "{ours:?}");
     assert!(ours.is_subset(&loaded_programs()));
     sh(&format!("kill -TERM {}", d.pid()));
-    assert_eq!(d.wait_exit(Duration::from_secs(2)), Some(0), "SIGTERM must end the daemon within 2 s, with 0");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(2)),
+        Some(0),
+        "SIGTERM must end the daemon within 2 s, with 0"
+    );
     // The kernel frees programs once their last reference goes (RCU: shortly after exit).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !ours.is_disjoint(&loaded_programs()) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(ours.is_disjoint(&loaded_programs()), "programs left loaded: {:?}", ours.intersection(&loaded_programs()).collect::<Vec<_>>());
+    assert!(
+        ours.is_disjoint(&loaded_programs()),
+        "programs left loaded: {:?}",
+        ours.intersection(&loaded_programs()).collect::<Vec<_>>()
+    );
 }

@@ -139,11 +139,19 @@ fn main() -> Result<()> {
                 eprintln!("xtask: not root: kernel tests will skip (and fail when CI=true)");
             }
             // agent-ebpf builds for bpfel-unknown-none only (through agent-user's build.rs).
-            run(cargo().args(["test", "--workspace", "--exclude", "agent-ebpf"]).args(&args))?;
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "agent-ebpf"])
+                .args(&args))?;
             if args.is_empty() {
                 // The benchmark harness, briefly: every counting variant exact, and the report
                 // regenerates.
-                bench::run(&bench::Opts { rounds: 1, refused: 2_000, success: 500, smoke: true, out: smoke_report() })?;
+                bench::run(&bench::Opts {
+                    rounds: 1,
+                    refused: 2_000,
+                    success: 500,
+                    smoke: true,
+                    out: smoke_report(),
+                })?;
             }
         }
     }
