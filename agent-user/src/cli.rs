@@ -155,7 +155,10 @@ mod tests {
         let e = run_args(&["--attach", "uprobe"]).unwrap_err();
         assert!(e.to_string().contains("--attach"), "{e}");
         // The contract's spelling, not clap's kebab-case default.
-        assert_eq!(run_args(&["--attach", "tp_btf"]).unwrap().attach, Some(AttachMode::TpBtf));
+        assert_eq!(
+            run_args(&["--attach", "tp_btf"]).unwrap().attach,
+            Some(AttachMode::TpBtf)
+        );
     }
 
     #[test]

@@ -57,6 +57,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // A bad web config is a usage error: refuse it before loading any program.
+            if let Some(path) = &cfg.web_config_file
+                && let Err(e) = webconfig::load(path)
+            {
+                eprintln!("refusal-agent: bad configuration: {e}");
+                return ExitCode::from(2);
+            }
             init_logging(cfg.log_format);
             let flavor = if args.bench_empty_programs {
                 loader::Flavor::Empty

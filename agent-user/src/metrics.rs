@@ -256,6 +256,13 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<
             runs,
         ),
         family(
+            "refusal_agent_http_rejected_connections_total",
+            "HTTP connections closed at once because the connection cap was reached.",
+            MetricType::COUNTER,
+            &[],
+            Samples::from([(vec![], crate::http::rejected_connections() as f64)]),
+        ),
+        family(
             "refusal_agent_series_overflow_total",
             "Distinct label sets folded into \"other\" because a metric reached max_series.",
             MetricType::COUNTER,

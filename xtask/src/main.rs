@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask setup | build | run | test`.
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -46,6 +47,8 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run every cargo-fuzz target briefly from its committed corpus (part of `test`).
+    FuzzSmoke,
     /// Set up everything and run every test (unit, kernel integration, end to end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -132,6 +135,7 @@ fn main() -> Result<()> {
             };
             bench::run(&opts)?;
         }
+        Cmd::FuzzSmoke => fuzz::smoke()?,
         Cmd::Test { args } => {
             setup::toolchain()?;
             setup::test_packages()?;
@@ -152,6 +156,7 @@ fn main() -> Result<()> {
                     smoke: true,
                     out: smoke_report(),
                 })?;
+                fuzz::smoke()?;
             }
         }
     }

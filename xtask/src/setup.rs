@@ -10,6 +10,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests drive: real clients, namespaces, firewall rules.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
+    ("openssl", "openssl"),
     ("ip", "iproute2"),
     ("nft", "nftables"),
     ("bpftrace", "bpftrace"),
