@@ -59,16 +59,7 @@ fn port_scan_and_destination_flood_stay_bounded_and_exact() {
     );
     let inbound = series(&m, "refusal_inbound_refused_total");
     assert!(inbound <= 10_000 + 1, "{inbound} inbound series");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rss_kib = d.rss_kib();
     eprintln!(
         "after {total} refusals: {failures} failure series, {inbound} inbound series, RSS {} MiB",
         rss_kib / 1024

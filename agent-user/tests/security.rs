@@ -6,102 +6,15 @@ mod common;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Barrier},
     thread,
     time::{Duration, Instant},
 };
 
 use base64::Engine as _;
-use common::{BIN, closed_port, get, privileged};
-
-/// The daemon, started with a readiness check of the caller's choosing (TLS and auth make
-/// `common::Daemon`'s plain `/readyz` unusable), its pid at hand for liveness and memory.
-struct Agent {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn spawn(args: &[&str]) -> Agent {
-        let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
-        let log = std::env::temp_dir().join(format!(
-            "refusal-agent-security-{}-{}.log",
-            std::process::id(),
-            addr.port()
-        ));
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn refusal-agent");
-        Agent { child, addr, log }
-    }
-
-    fn start(args: &[&str], ready: impl Fn(SocketAddr) -> bool) -> Agent {
-        let mut a = Agent::spawn(args);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(status) = a.child.try_wait().unwrap() {
-                panic!("daemon exited early ({status}):\n{}", a.log());
-            }
-            if ready(a.addr) {
-                return a;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("daemon not ready after 60 s:\n{}", a.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Resident memory in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// Waits (bounded) for the daemon to exit by itself; its exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon still running after {within:?}:\n{}", self.log());
-    }
-
-    /// SIGTERM, then the exit code.
-    fn stop(mut self) -> Option<i32> {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.wait_exit(Duration::from_secs(30))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+use common::{Daemon, get, linger_zero, privileged};
 
 /// A scratch directory, removed on drop.
 struct TempDir(PathBuf);
@@ -173,26 +86,6 @@ fn read_all(s: &mut TcpStream) -> Vec<u8> {
 fn status_of(resp: &[u8]) -> u16 {
     let head = String::from_utf8_lossy(&resp[..resp.len().min(64)]).into_owned();
     head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
-}
-
-/// Closes with SO_LINGER 0: the kernel sends a RST instead of a FIN.
-fn reset(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-    drop(s);
 }
 
 /// Room for a few thousand sockets in this process.
@@ -382,7 +275,7 @@ fn flood_of_resetting_slow_oversized_and_surplus_clients_then_a_normal_scrape() 
         return;
     }
     raise_nofile(8192);
-    let mut d = Agent::start(&[], |addr| get(addr, "/readyz").is_ok_and(|(code, _)| code == 200));
+    let mut d = Daemon::start_when(&[], |addr| get(addr, "/readyz").is_ok_and(|(code, _)| code == 200));
     let addr = d.addr;
     assert_eq!(get(addr, "/metrics").unwrap().0, 200);
     let rss_before = d.rss_kib();
@@ -419,7 +312,8 @@ fn flood_of_resetting_slow_oversized_and_surplus_clients_then_a_normal_scrape() 
                         b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
                     };
                     let _ = s.write_all(req);
-                    reset(s);
+                    linger_zero(&s);
+                    drop(s);
                 }
             })
         })
@@ -577,7 +471,7 @@ fn tls_from_web_config_serves_https_and_refuses_plain_http() {
     );
     let ca = dir.path("server.pem");
     let ca2 = ca.clone();
-    let d = Agent::start(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
         curl(
             &format!("https://127.0.0.1:{}/readyz", addr.port()),
             &["--cacert", &ca2],
@@ -626,7 +520,7 @@ fn rotated_certificates_are_served_without_a_restart() {
     );
     let (old_ca, new_ca) = (dir.path("old.pem"), dir.path("new.pem"));
     let ready_ca = old_ca.clone();
-    let d = Agent::start(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
         curl(
             &format!("https://127.0.0.1:{}/readyz", addr.port()),
             &["--cacert", &ready_ca],
@@ -695,7 +589,7 @@ fn tls_client_certificates_are_verified_when_required() {
         key.as_str(),
     ];
     let ready_args: Vec<String> = with_cert.iter().map(|s| s.to_string()).collect();
-    let d = Agent::start(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
         let args: Vec<&str> = ready_args.iter().map(String::as_str).collect();
         curl(&format!("https://127.0.0.1:{}/readyz", addr.port()), &args).1 == "200"
     });
@@ -753,7 +647,7 @@ fn basic_auth_from_web_config_admits_the_right_password_only() {
     let web = dir.write("web.yml", &format!("basic_auth_users:\n  prometheus: '{hash}'\n"));
     let right = basic("prometheus", "correct horse");
     let ready = right.clone();
-    let d = Agent::start(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
         let req = format!("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{ready}\r\n");
         try_exchange(addr, req.as_bytes()).is_ok_and(|r| status_of(&r) == 200)
     });
@@ -814,17 +708,17 @@ fn bad_web_configs_exit_2_naming_the_key() {
             "`tls_server_config.min_version`: TLS10 and TLS11 are not supported",
         ),
     ];
-    let mut running: Vec<(Agent, &str, String)> = cases
+    let mut running: Vec<(Daemon, &str, String)> = cases
         .iter()
         .enumerate()
         .map(|(i, (yaml, want))| {
             let file = dir.write(&format!("web{i}.yml"), yaml);
-            (Agent::spawn(&["--web.config.file", &file]), *want, file)
+            (Daemon::spawn(&["--web.config.file", &file]), *want, file)
         })
         .collect();
     let missing = dir.path("absent.yml");
     running.push((
-        Agent::spawn(&["--web.config.file", &missing]),
+        Daemon::spawn(&["--web.config.file", &missing]),
         "absent.yml: No such file",
         missing.clone(),
     ));

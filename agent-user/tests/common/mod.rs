@@ -44,7 +44,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(args: &[&str]) -> Daemon {
+    /// Starts `refusal-agent run` on a free loopback port, without waiting for it.
+    pub fn spawn(args: &[&str]) -> Daemon {
         let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("refusal-agent-test-{}-{}.log", std::process::id(), addr.port()));
         let child = Command::new(BIN)
@@ -56,23 +57,39 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn refusal-agent");
-        let mut d = Daemon { child, addr, log };
-        d.wait_ready();
-        d
+        Daemon { child, addr, log }
     }
 
-    fn wait_ready(&mut self) {
+    /// Starts and waits for `/readyz`.
+    pub fn start(args: &[&str]) -> Daemon {
+        Self::start_when(args, |addr| get(addr, "/readyz").is_ok_and(|(code, _)| code == 200))
+    }
+
+    /// Starts and waits until `ready(addr)` (TLS or auth make a plain `/readyz` unusable).
+    pub fn start_when(args: &[&str], ready: impl Fn(SocketAddr) -> bool) -> Daemon {
+        let mut d = Self::spawn(args);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("daemon exited early ({status}):\n{}", self.log());
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("daemon exited early ({status}):\n{}", d.log());
             }
-            if get(self.addr, "/readyz").is_ok_and(|(code, _)| code == 200) {
-                return;
+            if ready(d.addr) {
+                return d;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("daemon not ready after 60 s:\n{}", self.log());
+        panic!("daemon not ready after 60 s:\n{}", d.log());
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     pub fn log(&self) -> String {
