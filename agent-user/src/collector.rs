@@ -103,6 +103,15 @@ impl Snapshot {
     }
 }
 
+/// What a collection reads. The 250 ms tick needs only what verdicts and diagnoses use; a
+/// scrape reads everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Connect outcomes and inbound refusals.
+    Verdicts,
+    All,
+}
+
 pub struct Collector {
     targets: PerCpuHashMap<MapData, TargetKey, Counter>,
     resets_received: PerCpuHashMap<MapData, ResetKey, u64>,
@@ -186,7 +195,7 @@ impl Collector {
             .unwrap_or_else(|| format!("reason_{reason}"))
     }
 
-    pub fn collect(&mut self) -> Result<Snapshot, CollectError> {
+    pub fn collect(&mut self, scope: Scope) -> Result<Snapshot, CollectError> {
         if self.last_gc.elapsed() >= OWNER_GC_EVERY {
             self.expire_owners();
         }
@@ -210,6 +219,16 @@ impl Collector {
                 last_ns,
             });
         }
+        for (key, count) in entries(&self.inbound, names::INBOUND, total)? {
+            snap.inbound.push(Inbound {
+                local_addr: labels::addr(key.laddr),
+                local_port: key.lport,
+                count,
+            });
+        }
+        if scope == Scope::Verdicts {
+            return Ok(snap);
+        }
         for (key, count) in entries(&self.resets_received, names::RESETS_RECEIVED, total)? {
             snap.resets_received.push(ResetReceived {
                 workload: self.workload(key.cgroup_id),
@@ -225,13 +244,6 @@ impl Collector {
                 workload: self.workload(key.cgroup_id),
                 comm: labels::comm(&key.comm),
                 reason: self.reason(key.reason),
-                count,
-            });
-        }
-        for (key, count) in entries(&self.inbound, names::INBOUND, total)? {
-            snap.inbound.push(Inbound {
-                local_addr: labels::addr(key.laddr),
-                local_port: key.lport,
                 count,
             });
         }

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     analysis::{Analysis, AnalysisError},
-    collector::{CollectError, Collector, Snapshot, monotonic_ns},
+    collector::{CollectError, Collector, Scope, Snapshot, monotonic_ns},
     config::Config,
     http, loader,
     metrics::AgentInfo,
@@ -55,7 +55,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     pub fn snapshot(&self) -> Result<Snapshot, CollectError> {
-        lock(&self.collector).collect()
+        lock(&self.collector).collect(Scope::All)
     }
 
     pub fn analysis(&self) -> std::sync::MutexGuard<'_, Analysis> {
@@ -69,7 +69,7 @@ impl Shared {
     /// Collects, advances the verdicts, and points the kernel at the ports to watch.
     fn tick(&self) -> Result<(), CollectError> {
         let mut collector = lock(&self.collector);
-        let snap = collector.collect()?;
+        let snap = collector.collect(Scope::Verdicts)?;
         let ports = lock(&self.analysis).update(&snap, Duration::from_nanos(monotonic_ns()));
         collector.set_watched(&ports)
     }
