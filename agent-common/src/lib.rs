@@ -237,7 +237,9 @@ pub mod config {
     pub const OWNER_FROM_CONNECT: u32 = 0;
     /// Non-zero while `WATCH` holds ports: only then do successful connects cost a lookup.
     pub const WATCHING: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// The generation of programs that counts: see `GENERATION` in the kernel object.
+    pub const GENERATION: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names of the maps and globals user space looks up in the object.
@@ -251,6 +253,7 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const EMIT_EVENTS: &str = "EMIT_EVENTS";
     pub const EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
+    pub const GENERATION: &str = "GENERATION";
     pub const DROPS: &str = "DROPS";
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH: &str = "WATCH";

@@ -57,6 +57,20 @@ static EMIT_EVENTS: u8 = 0;
 #[unsafe(no_mangle)]
 static EMPTY_PROGRAMS: u8 = 0;
 
+/// This copy's generation. A copy counts only while `CONFIG[GENERATION]` holds its own, so a
+/// restarted daemon attaches its programs next to its predecessor's pinned ones and takes over
+/// with one map write: no refusal is missed or counted twice. Recording an owner is idempotent;
+/// forgetting one is not (an idle copy running first would hide it from the counting one), so
+/// it is gated too.
+#[unsafe(no_mangle)]
+static GENERATION: u32 = 0;
+
+#[inline(always)]
+pub fn counting() -> bool {
+    // SAFETY: reading a static the loader may rewrite before load.
+    config(agent_common::config::GENERATION) == unsafe { core::ptr::read_volatile(&GENERATION) }
+}
+
 /// The body of every entry point: the benchmarks' empty variant returns before `body` runs;
 /// `Err` carries the return value of an early exit.
 #[inline(always)]
@@ -113,6 +127,9 @@ fn add<K, V>(map: &PerCpuHashMap<K, V>, key: &K, init: V, update: impl Fn(&mut V
 
 #[inline(always)]
 fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
+    if !counting() {
+        return;
+    }
     if !add(map, key, 1, |v| *v += 1) {
         drop(Drop::ResetMapFull);
         bump(&OVERFLOW, overflow_slot);
@@ -160,6 +177,9 @@ fn watch(port: u16) {
 /// failure also streamed for `trace`.
 #[inline(always)]
 pub fn connect_outcome(o: &Owner, proto: u8, daddr: [u8; 16], dport: u16, errno: u16) {
+    if !counting() {
+        return;
+    }
     count_target(&TargetKey {
         cgroup_id: o.cgroup_id,
         daddr,

@@ -44,7 +44,9 @@ pub fn get(sk: *const u8) -> Option<Owner> {
 
 #[inline(always)]
 pub fn forget(sk: *const u8) {
-    let _ = OWNERS.remove(sk as u64);
+    if maps::counting() {
+        let _ = OWNERS.remove(sk as u64);
+    }
 }
 
 /// Owner of a socket that no connect of ours recorded (accepted sockets, UDP): the socket's

@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the probes and serve Prometheus metrics and the targets API.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show which hooks this kernel offers and which attach mode each gets.
     Check {
         /// Force one attach mode for every hook that offers it.
@@ -85,6 +85,15 @@ pub struct RunArgs {
     /// Web config file (TLS, basic auth) in the Prometheus exporter-toolkit format.
     #[arg(long = "web.config.file", env = "REFUSAL_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// bpffs directory for maps and links kept across restarts [default: /sys/fs/bpf/refusal-agent].
+    #[arg(long, env = "REFUSAL_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Keep the programs counting after a clean stop, for a planned restart.
+    #[arg(long, env = "REFUSAL_KEEP_PINS")]
+    pub keep_pins: bool,
+    /// Switch to this user (name or uid) after attaching [default: stay root, minimal capabilities].
+    #[arg(long, env = "REFUSAL_USER")]
+    pub user: Option<String>,
 }
 
 impl RunArgs {
@@ -108,8 +117,15 @@ impl RunArgs {
             flap_window.0,
             max_series,
             log_format,
-            attach
+            attach,
+            pin_dir
         );
+        if self.keep_pins {
+            c.keep_pins = true;
+        }
+        if let Some(u) = &self.user {
+            c.user = Some(u.clone());
+        }
         if let Some(p) = &self.web_config_file {
             c.web_config_file = Some(p.clone());
         }
@@ -127,7 +143,7 @@ mod tests {
     fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["refusal-agent", "run"].iter().chain(args))?;
         match cli.command {
-            Command::Run(r) => Ok(r),
+            Command::Run(r) => Ok(*r),
             _ => unreachable!(),
         }
     }

@@ -1,7 +1,13 @@
 //! Daemon configuration: defaults < TOML file < environment (`REFUSAL_…`) < flags. The
 //! environment and flags are merged by clap (see `cli.rs`); this module owns the defaults, the
 //! file format and the final validation. Pure: no I/O except reading the file.
-use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer, de};
 
@@ -47,6 +53,15 @@ pub struct Config {
     /// Prometheus exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints. Default:
     /// none (plain HTTP, no auth).
     pub web_config_file: Option<std::path::PathBuf>,
+    /// bpffs directory for the maps and links that keep counting while the daemon restarts.
+    /// Default `/sys/fs/bpf/refusal-agent`.
+    pub pin_dir: PathBuf,
+    /// Leave the programs attached and counting at a clean stop, for a planned restart. Default
+    /// `false`: SIGTERM detaches everything and removes `pin_dir`.
+    pub keep_pins: bool,
+    /// After attaching, switch to this user (name or numeric uid). Default: stay root, with
+    /// only the capabilities still needed.
+    pub user: Option<String>,
 }
 
 impl Default for Config {
@@ -65,6 +80,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             attach: AttachMode::Auto,
             web_config_file: None,
+            pin_dir: PathBuf::from("/sys/fs/bpf/refusal-agent"),
+            keep_pins: false,
+            user: None,
         }
     }
 }
@@ -128,6 +146,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "max_series",
                 message: "must be at least 1".into(),
+            });
+        }
+        if !self.pin_dir.is_absolute() || self.pin_dir.parent().is_none() {
+            return Err(ConfigError::Invalid {
+                key: "pin_dir",
+                message: "must be an absolute directory path below a bpffs mount, e.g. /sys/fs/bpf/refusal-agent"
+                    .into(),
+            });
+        }
+        if self.user.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::Invalid {
+                key: "user",
+                message: "must be a user name or a numeric uid".into(),
             });
         }
         Ok(())

@@ -16,6 +16,7 @@ use crate::{
     config::Config,
     http, loader,
     metrics::AgentInfo,
+    pins::{self, PinError, Pins},
     series::SeriesCap,
     workload::CgroupResolver,
 };
@@ -34,6 +35,10 @@ pub enum DaemonError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("the HTTP server ended: {0}")]
+    Http(String),
 }
 
 /// How often verdicts advance and the watch set follows them.
@@ -85,16 +90,71 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// `flavor` is [`loader::Flavor::Daemon`] except for the benchmarks' floor.
-pub async fn run(cfg: Config, flavor: loader::Flavor) -> Result<(), DaemonError> {
+/// A daemon that has attached its programs and bound its listener, not yet serving: the
+/// privileged part is over (see [`crate::caps::drop_privileges`]).
+pub struct Started {
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    pins: Option<Pins>,
+    cfg: Config,
+}
+
+impl Started {
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_ref()
+    }
+}
+
+/// Loads and attaches (taking over from a predecessor's pinned programs), and binds the
+/// listener. `flavor` is [`loader::Flavor::Daemon`] except for the benchmarks' floor, which
+/// pins nothing.
+pub fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
     let kernel = loader::prepare()?;
     for w in &kernel.resolved.warnings {
         tracing::warn!("{w}");
     }
-    let loaded = loader::load_and_attach(&kernel, cfg.attach, flavor)?;
+    let pins = match flavor {
+        loader::Flavor::Daemon => match Pins::open(&cfg.pin_dir) {
+            Ok(p) => Some(p),
+            // Containers without /sys/fs/bpf still count; only restarts lose what happens meanwhile.
+            Err(e @ PinError::NotBpffs(..)) => {
+                tracing::warn!(error = %e, "restart continuity is off");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ => None,
+    };
+    let plan = match &pins {
+        Some(p) => Some(p.plan(&pins::object_layouts(loader::OBJECT))?),
+        None => None,
+    };
+    if let Some(plan) = plan.as_ref().filter(|p| !p.discarded.is_empty()) {
+        tracing::warn!(maps = ?plan.discarded, "pinned maps from a build with another layout: their counts restart");
+    }
+    let mut loaded = match loader::load_and_attach(&kernel, cfg.attach, flavor, plan.as_ref()) {
+        Ok(l) => l,
+        Err(e) => {
+            // Leave a predecessor's programs counting; remove only what this start created.
+            if let Some(p) = pins.filter(Pins::fresh) {
+                let _ = p.remove();
+            }
+            return Err(e.into());
+        }
+    };
     for h in &loaded.hooks {
         let refused: Vec<String> = h.refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
         tracing::info!(hook = h.hook, mode = %h.mode.map_or("none", |m| m.name()), refused = ?refused, "hook attached");
+    }
+    if let (Some(p), Some(plan)) = (&pins, &plan) {
+        let old = p.replace_links(std::mem::take(&mut loaded.links))?;
+        tracing::info!(
+            dir = %p.dir().display(),
+            generation = plan.generation,
+            maps_reused = plan.reused,
+            old_links = old,
+            "pinned; counting continues across restarts"
+        );
     }
     let resolver = CgroupResolver::new()
         .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
@@ -114,14 +174,36 @@ pub async fn run(cfg: Config, flavor: loader::Flavor) -> Result<(), DaemonError>
         },
         ready: AtomicBool::new(false),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
+    // Bound before privileges go, so a port below 1024 works with `--user`.
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| DaemonError::Listen {
             addr: cfg.listen,
             source,
         })?;
+    Ok(Started {
+        shared,
+        listener,
+        pins,
+        cfg,
+    })
+}
+
+/// Serves until SIGTERM or SIGINT, then detaches (or, with `keep_pins`, leaves the programs
+/// counting for the next daemon).
+pub async fn serve(started: Started) -> Result<(), DaemonError> {
+    let Started {
+        shared,
+        listener,
+        pins,
+        cfg,
+    } = started;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| DaemonError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
     tracing::info!(listen = %cfg.listen, "serving /metrics, /healthz, /readyz, /api/targets");
-    tokio::spawn(http::serve(listener, shared.clone(), cfg.web_config_file.clone()));
+    let mut http = tokio::spawn(http::serve(listener, shared.clone(), cfg.web_config_file.clone()));
 
     shared.tick()?;
     shared.ready.store(true, Ordering::Release);
@@ -130,24 +212,37 @@ pub async fn run(cfg: Config, flavor: loader::Flavor) -> Result<(), DaemonError>
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let stopped = loop {
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = shared.tick() {
                     tracing::warn!(error = %e, "collection failed");
                 }
             }
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: detaching and exiting");
-                break;
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: detaching and exiting");
-                break;
+            _ = term.recv() => break Ok("SIGTERM"),
+            _ = int.recv() => break Ok("SIGINT"),
+            // The server never returns; if it panicked, exit rather than run blind.
+            end = &mut http => break Err(DaemonError::Http(match end {
+                Err(e) => e.to_string(),
+                Ok(()) => "stopped".into(),
+            })),
+        }
+    };
+    match (&stopped, pins) {
+        (Ok(signal), Some(p)) if cfg.keep_pins => {
+            tracing::info!(dir = %p.dir().display(), "{signal}: exiting, programs keep counting (--keep-pins)");
+        }
+        (Ok(signal), Some(p)) => {
+            tracing::info!("{signal}: detaching and exiting");
+            if let Err(e) = p.remove() {
+                tracing::warn!(error = %e, "removing the pins");
             }
         }
+        (Ok(signal), None) => tracing::info!("{signal}: detaching and exiting"),
+        // A crash keeps the pins, like SIGKILL: the next daemon takes over.
+        (Err(_), _) => {}
     }
-    // Dropping the collector's `Ebpf` detaches every program.
+    // Dropping the collector's `Ebpf` closes our descriptors: unpinned programs detach.
     drop(shared);
-    Ok(())
+    stopped.map(|_| ())
 }

@@ -5,13 +5,13 @@ use agent_common::{config, names};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::Array,
-    programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, TracePoint, links::FdLink},
 };
 
-use crate::{caps, config::AttachMode, offsets, offsets::Resolved, tracefs};
+use crate::{caps, config::AttachMode, offsets, offsets::Resolved, pins::Plan, tracefs};
 
 /// The embedded kernel object, built by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf"));
 
 /// How one mode of a hook attaches.
 #[derive(Debug)]
@@ -209,6 +209,8 @@ pub struct HookReport {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookReport>,
+    /// `(pin name, link)`, taken out of their programs when loading with pins.
+    pub links: Vec<(String, FdLink)>,
 }
 
 /// What attaching needs to know about the running kernel.
@@ -244,19 +246,33 @@ pub enum Flavor {
     Empty,
 }
 
-pub fn load(kernel: &Kernel, flavor: Flavor) -> Result<Ebpf, LoadError> {
-    EbpfLoader::new()
+pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
+    let (emit, empty) = (u8::from(flavor == Flavor::Trace), u8::from(flavor == Flavor::Empty));
+    let generation = pins.map_or(0, |p| p.generation);
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&kernel.btf))
         .override_global(names::OFFSETS, &kernel.resolved.offsets, true)
-        .override_global(names::EMIT_EVENTS, &u8::from(flavor == Flavor::Trace), true)
-        .override_global(names::EMPTY_PROGRAMS, &u8::from(flavor == Flavor::Empty), true)
-        .load(OBJECT)
-        .map_err(LoadError::Object)
+        .override_global(names::EMIT_EVENTS, &emit, true)
+        .override_global(names::EMPTY_PROGRAMS, &empty, true)
+        .override_global(names::GENERATION, &generation, true);
+    for (name, path) in pins.iter().flat_map(|p| &p.maps) {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader.load(OBJECT).map_err(LoadError::Object)
 }
 
-/// Loads the object and attaches every hook, forcing `mode` on the hooks that offer it.
-pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, flavor: Flavor) -> Result<Loaded, LoadError> {
-    let mut ebpf = load(kernel, flavor)?;
+/// Loads the object and attaches every hook, forcing `mode` on the hooks that offer it. With
+/// `pins`, the maps are the pinned ones, the links come back to be pinned, and this copy starts
+/// counting (takes over from a predecessor's programs) as the last step.
+pub fn load_and_attach(
+    kernel: &Kernel,
+    mode: AttachMode,
+    flavor: Flavor,
+    pins: Option<&Plan>,
+) -> Result<Loaded, LoadError> {
+    let mut ebpf = load(kernel, flavor, pins)?;
+    let mut links = pins.map(|_| Vec::new());
     let mut hooks: Vec<HookReport> = Vec::new();
     for hook in HOOKS {
         let forced = mode != AttachMode::Auto && hook.chain.iter().any(|(m, _)| *m == mode);
@@ -266,7 +282,7 @@ pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, flavor: Flavor) -> Res
             refused: Vec::new(),
         };
         for (m, attach) in hook.chain.iter().filter(|(m, _)| !forced || *m == mode) {
-            match attach_one(&mut ebpf, kernel, attach, *m, &hooks) {
+            match attach_one(&mut ebpf, kernel, attach, *m, &hooks, links.as_mut()) {
                 Ok(()) => {
                     report.mode = Some(*m);
                     break;
@@ -299,7 +315,15 @@ pub fn load_and_attach(kernel: &Kernel, mode: AttachMode, flavor: Flavor) -> Res
         Array::try_from(ebpf.map_mut(names::CONFIG).expect("CONFIG map in object")).map_err(LoadError::Config)?;
     cfg.set(config::OWNER_FROM_CONNECT, u32::from(from_connect), 0)
         .map_err(LoadError::Config)?;
-    Ok(Loaded { ebpf, hooks })
+    if let Some(plan) = pins {
+        cfg.set(config::GENERATION, plan.generation, 0)
+            .map_err(LoadError::Config)?;
+    }
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        links: links.unwrap_or_default(),
+    })
 }
 
 /// One hook's modes, each with whether it attached or why not.
@@ -322,7 +346,7 @@ pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
                             .map_err(|why| format!("{other} hook in {m} mode refused: {why}"))
                     })
                     .unwrap_or_else(|| Err(format!("{other} hook not probed"))),
-                _ => attach_one(&mut load(kernel, Flavor::Daemon)?, kernel, attach, *m, &[]),
+                _ => attach_one(&mut load(kernel, Flavor::Daemon, None)?, kernel, attach, *m, &[], None),
             };
             modes.push((*m, result));
         }
@@ -349,15 +373,23 @@ fn unload(ebpf: &mut Ebpf, attach: &Attach) {
     }
 }
 
+/// Where attached links go: `None` leaves them owned by their programs (they detach when the
+/// `Ebpf` drops); `Some` takes each out as an [`FdLink`] named for its pin.
+type Links<'a> = Option<&'a mut Vec<(String, FdLink)>>;
+
 fn attach_one(
     ebpf: &mut Ebpf,
     kernel: &Kernel,
     attach: &Attach,
     mode: AttachMode,
     done: &[HookReport],
+    mut links: Links<'_>,
 ) -> Result<(), String> {
     let explain = |e: ProgramError| explain(mode, &error_chain(&e));
     let btf = &kernel.btf;
+    // Perf-event links can be pinned only where the kernel makes them bpf links (5.15+); older
+    // kernels keep them with the program, so those hooks pause while the daemon restarts.
+    let perf_pinnable = aya::features().bpf_perf_link();
     match attach {
         Attach::Fentry(targets) => {
             for (program, function) in *targets {
@@ -366,23 +398,27 @@ fn attach_one(
                 }
                 let prog: &mut FEntry = program_mut(ebpf, program)?;
                 prog.load(function, btf).map_err(explain)?;
-                prog.attach().map_err(explain)?;
+                let id = prog.attach().map_err(explain)?;
+                keep(&mut links, program, prog.take_link(id))?;
             }
         }
         Attach::Kprobe { program, functions } => {
             let prog: &mut KProbe = program_mut(ebpf, program)?;
             prog.load().map_err(explain)?;
-            let mut links = Vec::new();
+            let mut ids = Vec::new();
             for f in *functions {
                 match prog.attach(f, 0) {
-                    Ok(link) => links.push(link),
+                    Ok(id) => ids.push((f, id)),
                     Err(e) => {
-                        for link in links {
-                            let _ = prog.detach(link);
+                        for (_, id) in ids {
+                            let _ = prog.detach(id);
                         }
                         return Err(explain(e));
                     }
                 }
+            }
+            for (f, id) in ids.into_iter().filter(|_| perf_pinnable) {
+                keep(&mut links, &format!("{program}.{f}"), prog.take_link(id))?;
             }
         }
         Attach::TpBtf { program, tracepoint } => {
@@ -399,7 +435,8 @@ fn attach_one(
             }
             let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
             prog.load(tracepoint, btf).map_err(explain)?;
-            prog.attach().map_err(explain)?;
+            let id = prog.attach().map_err(explain)?;
+            keep(&mut links, program, prog.take_link(id))?;
         }
         Attach::Tracepoint(events) => {
             if let Some(why) = events
@@ -411,7 +448,10 @@ fn attach_one(
             for (program, category, name) in *events {
                 let prog: &mut TracePoint = program_mut(ebpf, program)?;
                 prog.load().map_err(explain)?;
-                prog.attach(category, name).map_err(explain)?;
+                let id = prog.attach(category, name).map_err(explain)?;
+                if perf_pinnable {
+                    keep(&mut links, program, prog.take_link(id))?;
+                }
             }
         }
         Attach::SameAs(other) => {
@@ -424,6 +464,21 @@ fn attach_one(
             }
         }
     }
+    Ok(())
+}
+
+/// Moves a just-attached link into `links`, when links are being collected for pinning.
+fn keep<L>(links: &mut Links<'_>, name: &str, link: Result<L, ProgramError>) -> Result<(), String>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let Some(links) = links.as_deref_mut() else {
+        return Ok(());
+    };
+    let link = link.map_err(|e| format!("taking the link of {name}: {e}"))?;
+    let link = FdLink::try_from(link).map_err(|e| format!("link of {name} cannot be pinned: {e}"))?;
+    links.push((name.to_string(), link));
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod listeners;
 mod loader;
 mod metrics;
 mod offsets;
+mod pins;
 mod series;
 mod status;
 mod trace;
@@ -64,30 +65,52 @@ fn main() -> ExitCode {
                 eprintln!("refusal-agent: bad configuration: {e}");
                 return ExitCode::from(2);
             }
+            let user = match cfg.user.as_deref().map(caps::resolve_user).transpose() {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("refusal-agent: bad configuration: `user`: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             init_logging(cfg.log_format);
             let flavor = if args.bench_empty_programs {
                 loader::Flavor::Empty
             } else {
                 loader::Flavor::Daemon
             };
+            let fail = |e: &dyn std::fmt::Display| {
+                tracing::error!("{e}");
+                eprintln!("refusal-agent: {e}");
+                ExitCode::from(1)
+            };
+            let started = match daemon::start(cfg, flavor) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            if let (Some(id), Some(pins)) = (&user, started.pins())
+                && let Err(e) = pins.chown(id.uid, id.gid)
+            {
+                return fail(&e);
+            }
+            // Before the runtime starts its threads: capabilities are per thread.
+            match caps::drop_privileges(user.as_ref()) {
+                // SAFETY: getuid cannot fail.
+                Ok(kept) => {
+                    tracing::info!(uid = unsafe { libc::getuid() }, kept = ?caps::names(kept), "privileges dropped")
+                }
+                Err(e) => return fail(&e),
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
             {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("refusal-agent: starting the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(e) => return fail(&format!("starting the async runtime: {e}")),
             };
-            match runtime.block_on(daemon::run(cfg, flavor)) {
+            match runtime.block_on(daemon::serve(started)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("refusal-agent: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(&e),
             }
         }
         Command::Check { attach } => status::check(attach.unwrap_or_default()),

@@ -144,7 +144,8 @@ fn realtime_offset_ns() -> i128 {
 pub fn run(attach: AttachMode, json: bool) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let kernel = loader::prepare().map_err(|e| e.to_string())?;
-        let mut loaded = loader::load_and_attach(&kernel, attach, loader::Flavor::Trace).map_err(|e| e.to_string())?;
+        let mut loaded =
+            loader::load_and_attach(&kernel, attach, loader::Flavor::Trace, None).map_err(|e| e.to_string())?;
         let map = loaded.ebpf.take_map(names::EVENTS).ok_or("EVENTS map missing")?;
         let mut ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
         let mut resolver = CgroupResolver::new().ok();

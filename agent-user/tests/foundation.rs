@@ -241,27 +241,6 @@ fn unprivileged_start_exits_1_naming_the_capability() {
     assert!(err.contains("missing capability CAP_BPF"), "{err}");
 }
 
-/// Program ids held by a process, from its fds' fdinfo.
-fn program_ids(pid: u32) -> std::collections::BTreeSet<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
-        })
-        .collect()
-}
-
-fn loaded_programs() -> std::collections::BTreeSet<u64> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .expect("bpftool");
-    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    progs.iter().filter_map(|p| p["id"].as_u64()).collect()
-}
-
 #[test]
 fn sigterm_exits_0_within_2s_and_leaves_no_program_behind() {
     if !privileged("sigterm_exits_0_within_2s_and_leaves_no_program_behind") {

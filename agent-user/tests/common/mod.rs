@@ -41,23 +41,42 @@ pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// A pin directory of its own, removed with it (tests that pass `--pin-dir` manage theirs).
+    own_pins: Option<PathBuf>,
+}
+
+/// A bpffs directory for one test's pins.
+pub fn pin_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/refusal-agent-test/{}-{name}", std::process::id()))
 }
 
 impl Daemon {
-    /// Starts `refusal-agent run` on a free loopback port, without waiting for it.
+    /// Starts `refusal-agent run` on a free loopback port, without waiting for it. Each daemon
+    /// pins under its own directory unless `args` name one, so tests run side by side.
     pub fn spawn(args: &[&str]) -> Daemon {
         let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("refusal-agent-test-{}-{}.log", std::process::id(), addr.port()));
+        let own_pins = (!args.contains(&"--pin-dir")).then(|| pin_dir(&addr.port().to_string()));
         let child = Command::new(BIN)
             .arg("run")
             .arg("--listen")
             .arg(addr.to_string())
+            .args(
+                own_pins
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--pin-dir"), d.as_os_str()]),
+            )
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn refusal-agent");
-        Daemon { child, addr, log }
+        Daemon {
+            child,
+            addr,
+            log,
+            own_pins,
+        }
     }
 
     /// Starts and waits for `/readyz`.
@@ -120,11 +139,12 @@ impl Daemon {
 
     /// Stops with SIGTERM and returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
-        unsafe_kill(self.child.id(), 15);
-        let code = self.child.wait().unwrap().code();
-        let _ = std::fs::remove_file(&self.log);
-        std::mem::forget(self);
-        code
+        self.signal(15);
+        self.child.wait().unwrap().code()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe_kill(self.child.id(), sig);
     }
 }
 
@@ -133,6 +153,10 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        // Unpinning detaches whatever a killed daemon left counting.
+        if let Some(dir) = &self.own_pins {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -298,4 +322,77 @@ pub fn as_comm<T: Send + 'static>(comm: &str, f: impl FnOnce() -> T + Send + 'st
         .unwrap()
         .join()
         .unwrap()
+}
+
+/// A cgroup made for the test, removed on drop (after its processes exited).
+pub struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    pub fn new(rel: &str) -> Cgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                (post.starts_with("cgroup2 ")).then(|| pre.split_whitespace().nth(4).unwrap().to_string())
+            })
+            .expect("cgroup2 mounted");
+        let path = std::path::Path::new(&root).join(rel);
+        std::fs::create_dir_all(&path).unwrap();
+        Cgroup(path)
+    }
+
+    /// Runs `cmd` in a shell that first moves itself into this cgroup.
+    pub fn run(&self, cmd: &str) {
+        let procs = self.0.join("cgroup.procs");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && exec {cmd}", procs.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.code().is_some(), "{out:?}");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Leaf first, then the parents the test created.
+        let mut p = self.0.clone();
+        while p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("refusal-") || p != self.0)
+        {
+            if std::fs::remove_dir(&p).is_err() {
+                break;
+            }
+            p = match p.parent() {
+                Some(parent) => parent.to_path_buf(),
+                None => break,
+            };
+            if !p.to_string_lossy().contains("refusal-test") {
+                break;
+            }
+        }
+    }
+}
+
+/// Program ids held by a process, from its fds' fdinfo.
+pub fn program_ids(pid: u32) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+        })
+        .collect()
+}
+
+pub fn loaded_programs() -> std::collections::BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool");
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    progs.iter().filter_map(|p| p["id"].as_u64()).collect()
 }
