@@ -116,12 +116,14 @@ pub fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError
     let pins = match flavor {
         loader::Flavor::Daemon => match Pins::open(&cfg.pin_dir) {
             Ok(p) => Some(p),
-            // Containers without /sys/fs/bpf still count; only restarts lose what happens meanwhile.
-            Err(e @ PinError::NotBpffs(..)) => {
+            // Two daemons on one pin directory would take each other's programs away.
+            Err(e @ PinError::Busy(_)) => return Err(e.into()),
+            // Without a usable bpffs (a container without /sys/fs/bpf, a read-only mount) the
+            // daemon still counts; only a restart loses what happens meanwhile.
+            Err(e) => {
                 tracing::warn!(error = %e, "restart continuity is off");
                 None
             }
-            Err(e) => return Err(e.into()),
         },
         _ => None,
     };

@@ -89,6 +89,8 @@ const CONFIG_KEYS: &[&str] = &[
     "max_series",
     "log_format",
     "attach",
+    "pin_dir",
+    "keep_pins",
 ];
 
 const TIME_UNITS: &[&str] = &["s", "ms", "µs", "ns", "dtdurations", "dtdurationms", "percentunit"];
@@ -1018,15 +1020,13 @@ fn deploy_files_agree() {
         .iter()
         .filter_map(|m| Some((m["mountPath"].as_str()?, m)))
         .collect();
-    for path in [
-        "/sys/kernel/btf",
-        "/sys/fs/bpf",
-        "/sys/kernel/tracing",
-        "/sys/fs/cgroup",
-    ] {
+    for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"] {
         let m = mounts.get(path).unwrap_or_else(|| panic!("no volumeMount at {path}"));
         assert_eq!(m["readOnly"], true, "{path} must be mounted read-only");
     }
+    // The pins that carry counts across pod restarts need the host's bpffs, writable.
+    let bpffs = mounts.get("/sys/fs/bpf").expect("no volumeMount at /sys/fs/bpf");
+    assert_ne!(bpffs["readOnly"], true, "/sys/fs/bpf must be writable for pin_dir");
     // The ConfigMap's config uses only documented keys.
     if let Some(cm) = docs.iter().find(|d| d["kind"] == "ConfigMap") {
         for (k, _) in toml_keys(
