@@ -115,6 +115,7 @@ impl RunArgs {
             min_attempts,
             flap_episodes,
             flap_window.0,
+            forget_after.0,
             max_series,
             log_format,
             attach,

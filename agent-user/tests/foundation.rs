@@ -202,20 +202,52 @@ fn forcing_an_unavailable_mode_exits_1_naming_it() {
 
 #[test]
 fn bad_configuration_exits_2_naming_the_key() {
-    let out = Command::new(BIN)
-        .args(["run", "--min-attempts", "zero"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--min-attempts"));
+    // (flags, TOML file or "", what the message must name, the accepted form it must show)
+    let table: &[(&[&str], &str, &str, &str)] = &[
+        (&["--min-attempts", "zero"], "", "--min-attempts", "invalid digit"),
+        (&["--listen", "nope"], "", "--listen", "socket address"),
+        (
+            &["--attach", "bogus"],
+            "",
+            "--attach",
+            "auto, fentry, kprobe, tp_btf, tracepoint",
+        ),
+        (&["--log-format", "xml"], "", "--log-format", "text, json"),
+        (&["--cold-start-max", "soon"], "", "--cold-start-max", "e.g. 90s"),
+        (&["--max-series", "0"], "", "`max_series`", "at least 1"),
+        (&["--flap-episodes", "1"], "", "`flap_episodes`", "at least 2"),
+        (&["--forget-after", "0s"], "", "`forget_after`", "longer than 0s"),
+        (&[], "persistent_after = \"forever\"\n", "persistent_after", "e.g. 90s"),
+        (
+            &[],
+            "listn = \"0.0.0.0:1\"\n",
+            "unknown field `listn`",
+            "expected one of",
+        ),
+        (&[], "min_attempts = \"three\"\n", "min_attempts", "expected u64"),
+        (&[], "keep_pins = \"yes\"\n", "keep_pins", "boolean"),
+        (&["--pin-dir", "pins"], "", "`pin_dir`", "absolute"),
+        (&["--user", ""], "", "`user`", "user name or a numeric uid"),
+    ];
     let dir = std::env::temp_dir().join(format!("refusal-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bad.toml");
-    std::fs::write(&file, "persistent_after = \"forever\"\n").unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("persistent_after") && err.contains("e.g. 90s"), "{err}");
+    for (i, (flags, file, key, form)) in table.iter().enumerate() {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(*flags);
+        if !flags.contains(&"--listen") {
+            // Should a case ever be accepted, the daemon must not take the real port.
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !file.is_empty() {
+            let path = dir.join(format!("bad{i}.toml"));
+            std::fs::write(&path, file).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?} {file:?}: {err}");
+        assert!(err.contains(key) && err.contains(form), "{flags:?} {file:?}: {err}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 
