@@ -399,7 +399,7 @@ fn attach_one(
                 let prog: &mut FEntry = program_mut(ebpf, program)?;
                 prog.load(function, btf).map_err(explain)?;
                 let id = prog.attach().map_err(explain)?;
-                keep(&mut links, program, prog.take_link(id))?;
+                keep(&mut links, program, || prog.take_link(id))?;
             }
         }
         Attach::Kprobe { program, functions } => {
@@ -418,7 +418,7 @@ fn attach_one(
                 }
             }
             for (f, id) in ids.into_iter().filter(|_| perf_pinnable) {
-                keep(&mut links, &format!("{program}.{f}"), prog.take_link(id))?;
+                keep(&mut links, &format!("{program}.{f}"), || prog.take_link(id))?;
             }
         }
         Attach::TpBtf { program, tracepoint } => {
@@ -436,7 +436,7 @@ fn attach_one(
             let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
             prog.load(tracepoint, btf).map_err(explain)?;
             let id = prog.attach().map_err(explain)?;
-            keep(&mut links, program, prog.take_link(id))?;
+            keep(&mut links, program, || prog.take_link(id))?;
         }
         Attach::Tracepoint(events) => {
             if let Some(why) = events
@@ -450,7 +450,7 @@ fn attach_one(
                 prog.load().map_err(explain)?;
                 let id = prog.attach(category, name).map_err(explain)?;
                 if perf_pinnable {
-                    keep(&mut links, program, prog.take_link(id))?;
+                    keep(&mut links, program, || prog.take_link(id))?;
                 }
             }
         }
@@ -467,8 +467,9 @@ fn attach_one(
     Ok(())
 }
 
-/// Moves a just-attached link into `links`, when links are being collected for pinning.
-fn keep<L>(links: &mut Links<'_>, name: &str, link: Result<L, ProgramError>) -> Result<(), String>
+/// Moves a just-attached link into `links`, when links are being collected for pinning; else it
+/// stays with its program (a link taken and dropped would detach).
+fn keep<L>(links: &mut Links<'_>, name: &str, take: impl FnOnce() -> Result<L, ProgramError>) -> Result<(), String>
 where
     FdLink: TryFrom<L>,
     <FdLink as TryFrom<L>>::Error: std::fmt::Display,
@@ -476,7 +477,7 @@ where
     let Some(links) = links.as_deref_mut() else {
         return Ok(());
     };
-    let link = link.map_err(|e| format!("taking the link of {name}: {e}"))?;
+    let link = take().map_err(|e| format!("taking the link of {name}: {e}"))?;
     let link = FdLink::try_from(link).map_err(|e| format!("link of {name} cannot be pinned: {e}"))?;
     links.push((name.to_string(), link));
     Ok(())
