@@ -27,7 +27,7 @@ pub enum Attach {
     },
     /// `(program, category, event)`: all must attach.
     Tracepoint(&'static [(&'static str, &'static str, &'static str)]),
-    /// Provided by another hook's program when that hook attached in the same mode.
+    /// Provided by another hook's program (named here): works where that program attached.
     SameAs(&'static str),
 }
 
@@ -76,8 +76,8 @@ pub static HOOKS: &[Hook] = &[
                     functions: &["tcp_v4_connect", "tcp_v6_connect"],
                 },
             ),
-            (AttachMode::TpBtf, Attach::SameAs("state")),
-            (AttachMode::Tracepoint, Attach::SameAs("state")),
+            (AttachMode::TpBtf, Attach::SameAs("sock_state_btf")),
+            (AttachMode::Tracepoint, Attach::SameAs("sock_state_tp")),
         ],
     },
     Hook {
@@ -119,9 +119,21 @@ pub static HOOKS: &[Hook] = &[
                     tracepoint: "tcp_send_reset",
                 },
             ),
+            // Before 6.10 the tracepoint has no reason (and fires only with a socket).
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "send_reset_btf_pre610",
+                    tracepoint: "tcp_send_reset",
+                },
+            ),
             (
                 AttachMode::Tracepoint,
                 Attach::Tracepoint(&[("send_reset_tp", "tcp", "tcp_send_reset")]),
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("send_reset_tp_pre610", "tcp", "tcp_send_reset")]),
             ),
         ],
     },
@@ -129,9 +141,10 @@ pub static HOOKS: &[Hook] = &[
         name: "inbound",
         required: false,
         chain: &[
-            (AttachMode::TpBtf, Attach::SameAs("send_reset")),
-            (AttachMode::Tracepoint, Attach::SameAs("send_reset")),
-            // Before 6.10 `tcp_send_reset` does not fire without a socket.
+            // Only the 6.10+ `tcp_send_reset` fires without a socket; before, `kfree_skb` sees
+            // the SYN dropped for NO_SOCKET.
+            (AttachMode::TpBtf, Attach::SameAs("send_reset_btf")),
+            (AttachMode::Tracepoint, Attach::SameAs("send_reset_tp")),
             (
                 AttachMode::TpBtf,
                 Attach::TpBtf {
@@ -164,8 +177,8 @@ pub static HOOKS: &[Hook] = &[
     },
 ];
 
-/// BTF tracepoints whose programs read an argument that older kernels lack.
-const TP_BTF_ARGS: &[(&str, usize)] = &[("tcp_send_reset", 3), ("kfree_skb", 3)];
+/// tp_btf programs that read an argument older kernels lack: (program, arguments it needs).
+const TP_BTF_ARGS: &[(&str, usize)] = &[("send_reset_btf", 3), ("kfree_skb_btf", 3)];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -263,8 +276,8 @@ pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf
 }
 
 /// Loads the object and attaches every hook, forcing `mode` on the hooks that offer it. With
-/// `pins`, the maps are the pinned ones, the links come back to be pinned, and this copy starts
-/// counting (takes over from a predecessor's programs) as the last step.
+/// `pins`, the maps are the pinned ones, the links come back to be pinned, and the programs stay
+/// idle until [`activate`].
 pub fn load_and_attach(
     kernel: &Kernel,
     mode: AttachMode,
@@ -282,7 +295,7 @@ pub fn load_and_attach(
             refused: Vec::new(),
         };
         for (m, attach) in hook.chain.iter().filter(|(m, _)| !forced || *m == mode) {
-            match attach_one(&mut ebpf, kernel, attach, *m, &hooks, links.as_mut()) {
+            match attach_one(&mut ebpf, kernel, attach, *m, links.as_mut()) {
                 Ok(()) => {
                     report.mode = Some(*m);
                     break;
@@ -294,8 +307,9 @@ pub fn load_and_attach(
                 }
             }
         }
-        // Optional hooks degrade, forced or not: the daemon still counts what it can.
-        if report.mode.is_none() && hook.required {
+        // Unforced, optional hooks degrade: the daemon still counts what it can. A forced mode
+        // is a promise about every hook that offers it.
+        if report.mode.is_none() && (hook.required || forced) {
             let (hook, refused) = (hook.name, report.refused);
             return Err(match forced {
                 true => LoadError::Forced {
@@ -315,9 +329,9 @@ pub fn load_and_attach(
         Array::try_from(ebpf.map_mut(names::CONFIG).expect("CONFIG map in object")).map_err(LoadError::Config)?;
     cfg.set(config::OWNER_FROM_CONNECT, u32::from(from_connect), 0)
         .map_err(LoadError::Config)?;
-    if let Some(plan) = pins {
-        cfg.set(config::GENERATION, plan.generation, 0)
-            .map_err(LoadError::Config)?;
+    if pins.is_none() {
+        // Unpinned copies are generation 0 and count at once.
+        cfg.set(config::GENERATION, 0, 0).map_err(LoadError::Config)?;
     }
     Ok(Loaded {
         ebpf,
@@ -326,27 +340,35 @@ pub fn load_and_attach(
     })
 }
 
+/// Makes `generation` the copy that counts: one map write, after which a predecessor's programs
+/// (pinned, sharing the maps) go idle.
+pub fn activate(ebpf: &mut Ebpf, generation: u32) -> Result<(), LoadError> {
+    let mut cfg: Array<_, u32> =
+        Array::try_from(ebpf.map_mut(names::CONFIG).expect("CONFIG map in object")).map_err(LoadError::Config)?;
+    cfg.set(config::GENERATION, generation, 0).map_err(LoadError::Config)
+}
+
 /// One hook's modes, each with whether it attached or why not.
 pub type Probe = (&'static str, Vec<(AttachMode, Result<(), String>)>);
 
-/// Tries every mode of every hook independently (a fresh object per attempt), for `check`.
+/// Tries every mode of every hook, for `check`. No two modes share a program, so one object
+/// serves every attempt (a load per attempt made `check` take 35 s on an emulated CPU).
 pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
+    let mut ebpf = load(kernel, Flavor::Daemon, None)?;
     let mut out: Vec<Probe> = Vec::new();
     for hook in HOOKS {
         let mut modes = Vec::new();
         for (m, attach) in hook.chain {
             let result = match attach {
-                // Shares the other hook's program: works where that one does in this mode.
-                Attach::SameAs(other) => out
+                // Shares an earlier hook's program: works where that one does.
+                Attach::SameAs(program) => HOOKS
                     .iter()
-                    .find(|(h, _)| h == other)
-                    .and_then(|(_, ms)| ms.iter().find(|(om, _)| om == m))
-                    .map(|(_, r)| {
-                        r.clone()
-                            .map_err(|why| format!("{other} hook in {m} mode refused: {why}"))
-                    })
-                    .unwrap_or_else(|| Err(format!("{other} hook not probed"))),
-                _ => attach_one(&mut load(kernel, Flavor::Daemon, None)?, kernel, attach, *m, &[], None),
+                    .zip(&out)
+                    .flat_map(|(h, (_, results))| h.chain.iter().zip(results))
+                    .find(|((_, a), _)| programs(a).contains(program))
+                    .map(|(_, (_, r))| r.clone().map_err(|why| format!("{program} refused: {why}")))
+                    .unwrap_or_else(|| Err(format!("{program} not probed"))),
+                _ => attach_one(&mut ebpf, kernel, attach, *m, None),
             };
             modes.push((*m, result));
         }
@@ -355,14 +377,18 @@ pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
     Ok(out)
 }
 
-fn unload(ebpf: &mut Ebpf, attach: &Attach) {
-    let programs: Vec<&str> = match attach {
+/// The programs a mode loads itself.
+pub fn programs(attach: &Attach) -> Vec<&'static str> {
+    match attach {
         Attach::Fentry(targets) => targets.iter().map(|(p, _)| *p).collect(),
         Attach::Kprobe { program, .. } | Attach::TpBtf { program, .. } => vec![*program],
         Attach::Tracepoint(events) => events.iter().map(|(p, _, _)| *p).collect(),
         Attach::SameAs(_) => Vec::new(),
-    };
-    for name in programs {
+    }
+}
+
+fn unload(ebpf: &mut Ebpf, attach: &Attach) {
+    for name in programs(attach) {
         let _ = match ebpf.program_mut(name) {
             Some(Program::FEntry(p)) => p.unload(),
             Some(Program::KProbe(p)) => p.unload(),
@@ -382,7 +408,6 @@ fn attach_one(
     kernel: &Kernel,
     attach: &Attach,
     mode: AttachMode,
-    done: &[HookReport],
     mut links: Links<'_>,
 ) -> Result<(), String> {
     let explain = |e: ProgramError| explain(mode, &error_chain(&e));
@@ -418,11 +443,12 @@ fn attach_one(
                 }
             }
             for (f, id) in ids.into_iter().filter(|_| perf_pinnable) {
-                keep(&mut links, &format!("{program}.{f}"), || prog.take_link(id))?;
+                // bpffs refuses dots in names.
+                keep(&mut links, &format!("{program}-{f}"), || prog.take_link(id))?;
             }
         }
         Attach::TpBtf { program, tracepoint } => {
-            if let Some((_, want)) = TP_BTF_ARGS.iter().find(|(t, _)| t == tracepoint) {
+            if let Some((_, want)) = TP_BTF_ARGS.iter().find(|(p, _)| p == program) {
                 let have = kernel
                     .ours
                     .tracepoint_arg_count(tracepoint)
@@ -441,7 +467,7 @@ fn attach_one(
         Attach::Tracepoint(events) => {
             if let Some(why) = events
                 .iter()
-                .find_map(|(_, _, name)| kernel.resolved.tracepoints_unavailable.get(name))
+                .find_map(|(program, _, _)| kernel.resolved.tracepoints_unavailable.get(program))
             {
                 return Err(why.clone());
             }
@@ -454,13 +480,10 @@ fn attach_one(
                 }
             }
         }
-        Attach::SameAs(other) => {
-            let theirs = done.iter().find(|h| h.hook == *other).and_then(|h| h.mode);
-            if theirs != Some(mode) {
-                return Err(format!(
-                    "comes with the {other} hook, which attached as {}",
-                    theirs.map_or("nothing", AttachMode::name)
-                ));
+        // Refused modes unload their programs: a loaded program is an attached one.
+        Attach::SameAs(program) => {
+            if ebpf.program(program).is_none_or(|p| p.fd().is_err()) {
+                return Err(format!("comes with {program}, which is not attached"));
             }
         }
     }
@@ -598,6 +621,20 @@ mod tests {
                 "{}",
                 hook.name
             );
+        }
+    }
+
+    #[test]
+    fn every_shared_program_comes_from_an_earlier_hook_in_the_same_mode() {
+        for (i, hook) in HOOKS.iter().enumerate() {
+            for (mode, attach) in hook.chain {
+                let Attach::SameAs(program) = attach else { continue };
+                let provided = HOOKS[..i]
+                    .iter()
+                    .flat_map(|h| h.chain)
+                    .any(|(m, a)| m == mode && programs(a).contains(program));
+                assert!(provided, "{}: {program} in {mode} mode", hook.name);
+            }
         }
     }
 }

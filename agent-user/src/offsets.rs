@@ -2,7 +2,7 @@
 //! load time: BTF for kernel structs, tracefs format files for classic tracepoint records.
 use std::collections::BTreeMap;
 
-use agent_common::{Offsets, TracepointOffsets};
+use agent_common::{Offsets, RST_REASON_NOT_SPECIFIED, TracepointOffsets};
 
 use crate::{btf::Btf, tracefs};
 
@@ -17,7 +17,8 @@ pub struct OffsetError {
 #[derive(Clone, Debug, Default)]
 pub struct Resolved {
     pub offsets: Offsets,
-    /// Classic tracepoints that cannot be used, with why (tracefs missing, a field missing).
+    /// Classic tracepoint programs that cannot be used, with why (tracefs missing, a field
+    /// missing), by program name.
     pub tracepoints_unavailable: BTreeMap<&'static str, String>,
     /// `sk_rst_reason` value → label (`no_socket`, `tcp_abort_on_close`, …).
     pub rst_reasons: BTreeMap<u32, String>,
@@ -26,11 +27,17 @@ pub struct Resolved {
 }
 
 type TpSlot = fn(&mut TracepointOffsets) -> &mut u32;
-/// (category, event, fields the program reads).
-type TpFields = (&'static str, &'static str, &'static [(&'static str, TpSlot)]);
+/// (program, category, event, fields the program reads).
+type TpFields = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, TpSlot)],
+);
 
 const TRACEPOINTS: &[TpFields] = &[
     (
+        "sock_state_tp",
         "sock",
         "inet_sock_set_state",
         &[
@@ -40,6 +47,7 @@ const TRACEPOINTS: &[TpFields] = &[
         ],
     ),
     (
+        "send_reset_tp",
         "tcp",
         "tcp_send_reset",
         &[
@@ -48,12 +56,24 @@ const TRACEPOINTS: &[TpFields] = &[
             ("reason", |t| &mut t.send_reset_reason),
         ],
     ),
+    // Before 6.10 the record has no reason.
     (
+        "send_reset_tp_pre610",
+        "tcp",
+        "tcp_send_reset",
+        &[
+            ("skbaddr", |t| &mut t.send_reset_skbaddr),
+            ("skaddr", |t| &mut t.send_reset_skaddr),
+        ],
+    ),
+    (
+        "receive_reset_tp",
         "tcp",
         "tcp_receive_reset",
         &[("skaddr", |t| &mut t.receive_reset_skaddr)],
     ),
     (
+        "error_report_tp",
         "sock",
         "inet_sk_error_report",
         &[
@@ -66,6 +86,7 @@ const TRACEPOINTS: &[TpFields] = &[
         ],
     ),
     (
+        "kfree_skb_tp",
         "skb",
         "kfree_skb",
         &[
@@ -74,6 +95,7 @@ const TRACEPOINTS: &[TpFields] = &[
         ],
     ),
     (
+        "connect_enter",
         "syscalls",
         "sys_enter_connect",
         &[
@@ -81,7 +103,12 @@ const TRACEPOINTS: &[TpFields] = &[
             ("uservaddr", |t| &mut t.connect_uservaddr),
         ],
     ),
-    ("syscalls", "sys_exit_connect", &[("ret", |t| &mut t.exit_connect_ret)]),
+    (
+        "connect_exit",
+        "syscalls",
+        "sys_exit_connect",
+        &[("ret", |t| &mut t.exit_connect_ret)],
+    ),
 ];
 
 type Slot = fn(&mut Offsets) -> &mut u32;
@@ -99,6 +126,24 @@ const REQUIRED: &[(&str, &str, u32, Slot)] = &[
 
 /// Fields behind single features; a kernel without one loses only that feature.
 const OPTIONAL: &[(&str, &str, &str, Slot)] = &[
+    (
+        "tcp_sock",
+        "tcp_clock_cache",
+        "TCP event times without a clock read",
+        |o| &mut o.tcp_clock_cache,
+    ),
+    ("task_struct", "comm", "connect owners without helper calls", |o| {
+        &mut o.task_comm
+    }),
+    ("task_struct", "tgid", "connect owners without helper calls", |o| {
+        &mut o.task_tgid
+    }),
+    ("task_struct", "cgroups", "connect owners without helper calls", |o| {
+        &mut o.task_cgroups
+    }),
+    ("css_set", "dfl_cgrp", "connect owners without helper calls", |o| {
+        &mut o.css_set_dfl_cgrp
+    }),
     ("sock", "sk_cgrp_data", "socket cgroup attribution", |o| {
         &mut o.sk_cgrp_data
     }),
@@ -149,6 +194,10 @@ pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
         }
     }
     r.rst_reasons = reason_labels(btf, "sk_rst_reason", "SK_RST_REASON_");
+    // Before 6.10 there are no reasons: every reset is counted as not specified.
+    if r.rst_reasons.is_empty() {
+        r.rst_reasons.insert(RST_REASON_NOT_SPECIFIED, "not_specified".into());
+    }
     // A value no reason has where the enum is missing, so the kernel check never matches.
     let value = |ty, name| {
         btf.enum_value(ty, name)
@@ -177,12 +226,12 @@ fn reason_labels(btf: &Btf, ty: &str, prefix: &str) -> BTreeMap<u32, String> {
 }
 
 fn resolve_tracepoints(r: &mut Resolved) {
-    for (category, event, fields) in TRACEPOINTS {
+    for (program, category, event, fields) in TRACEPOINTS {
         let format = match tracefs::read_format(category, event) {
             Ok(f) => f,
             Err(e) => {
                 r.tracepoints_unavailable
-                    .insert(event, format!("no {category}:{event} in tracefs ({e})"));
+                    .insert(program, format!("no {category}:{event} in tracefs ({e})"));
                 continue;
             }
         };
@@ -191,7 +240,7 @@ fn resolve_tracepoints(r: &mut Resolved) {
                 Some(off) => *slot(&mut r.offsets.tp) = off,
                 None => {
                     r.tracepoints_unavailable.insert(
-                        event,
+                        program,
                         format!("{category}:{event} has no `{field}` field on this kernel"),
                     );
                 }

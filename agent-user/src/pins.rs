@@ -159,22 +159,41 @@ impl Pins {
         Ok(plan)
     }
 
-    /// Unpins the previous daemon's links (the new programs already count) and pins `links`.
-    /// Returns how many old links went.
-    pub fn replace_links(&self, links: Vec<(String, FdLink)>) -> Result<usize, PinError> {
+    /// Pins this generation's links. On failure none of them stays pinned (nor attached: a link
+    /// that fails to pin is dropped), and the predecessor's programs, still the counting ones,
+    /// are untouched.
+    pub fn pin_links(&self, generation: u32, links: Vec<(String, FdLink)>) -> Result<(), PinError> {
         let dir = self.dir.join("links");
-        let mut old = 0;
+        for (name, link) in links {
+            let path = dir.join(format!("{}{name}", prefix(generation)));
+            // The pin holds the link from now on; our descriptor closes with the returned value.
+            if let Err(source) = link.pin(&path) {
+                let ours = prefix(generation);
+                let _ = self.unpin_links(|name| name.starts_with(&ours));
+                return Err(PinError::Link { path, source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Unpins every link but `generation`'s (its programs count now): the old programs detach.
+    /// Returns how many went.
+    pub fn retire_links(&self, generation: u32) -> Result<usize, PinError> {
+        let ours = prefix(generation);
+        self.unpin_links(|name| !name.starts_with(&ours))
+    }
+
+    fn unpin_links(&self, which: impl Fn(&str) -> bool) -> Result<usize, PinError> {
+        let dir = self.dir.join("links");
+        let mut unpinned = 0;
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let path = entry.map_err(io(&dir))?.path();
-            std::fs::remove_file(&path).map_err(io(&path))?;
-            old += 1;
+            if path.file_name().is_some_and(|n| which(&n.to_string_lossy())) {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                unpinned += 1;
+            }
         }
-        for (name, link) in links {
-            let path = dir.join(name);
-            // The pin holds the link from now on; our descriptor closes with the returned value.
-            link.pin(&path).map_err(|source| PinError::Link { path, source })?;
-        }
-        Ok(old)
+        Ok(unpinned)
     }
 
     /// Lets `uid:gid` remove the pins at exit after privileges are dropped.
@@ -214,6 +233,11 @@ fn current_generation(config_map: MapData) -> u32 {
         .ok()
         .and_then(|a| a.get(&config::GENERATION, 0).ok())
         .unwrap_or(0)
+}
+
+/// Link pin names start with their generation (bpffs names allow no dots).
+fn prefix(generation: u32) -> String {
+    format!("g{generation}-")
 }
 
 /// One past the generation counting now, never 0 (0 is the unpinned copies' generation).

@@ -26,13 +26,16 @@ pub fn check(mode: AttachMode) -> ExitCode {
         }
     };
     let mut all_ok = true;
-    println!("{:<14} {:<11} {:<40} {:<6} detail", "HOOK", "MODE", "TARGET", "WORKS");
+    println!(
+        "{:<14} {:<11} {:<52} {:<31} {:<6} detail",
+        "HOOK", "MODE", "TARGET", "PROGRAM", "WORKS"
+    );
     for ((hook, modes), spec) in probed.iter().zip(loader::HOOKS) {
-        // The mode the daemon would use: the first that works, in chain order.
-        let chosen = modes
-            .iter()
-            .position(|(m, r)| r.is_ok() && (mode == AttachMode::Auto || *m == mode));
-        all_ok &= chosen.is_some() || !spec.required;
+        // The mode the daemon would use: the first that works, in chain order, of the forced
+        // mode where the hook offers it (which it then must get, as `run` requires).
+        let forced = mode != AttachMode::Auto && modes.iter().any(|(m, _)| *m == mode);
+        let chosen = modes.iter().position(|(m, r)| r.is_ok() && (!forced || *m == mode));
+        all_ok &= chosen.is_some() || !(spec.required || forced);
         for (i, ((m, result), (_, attach))) in modes.iter().zip(spec.chain).enumerate() {
             let works = if result.is_ok() { "yes" } else { "no" };
             let detail = match result {
@@ -40,8 +43,13 @@ pub fn check(mode: AttachMode) -> ExitCode {
                 Ok(()) => "available".to_string(),
                 Err(why) => why.clone(),
             };
+            // Program names match `refusal_agent_bpf_run_seconds_total{program}`.
+            let programs = match loader::programs(attach).join(",") {
+                p if p.is_empty() => "-".to_string(),
+                p => p,
+            };
             println!(
-                "{hook:<14} {:<11} {:<40} {works:<6} {detail}",
+                "{hook:<14} {:<11} {:<52} {programs:<31} {works:<6} {detail}",
                 m.name(),
                 loader::target(attach)
             );

@@ -191,13 +191,17 @@ fn forcing_an_unavailable_mode_exits_1_naming_it() {
         return;
     }
     // fentry is refused by this kernel's lockdown (TOOLCHAIN.md).
+    let pins = pin_dir("forced-fentry");
     let out = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--attach", "fentry"])
+        .args(["run", "--listen", "127.0.0.1:0", "--attach", "fentry", "--pin-dir"])
+        .arg(&pins)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("forced attach mode fentry failed"), "{err}");
+    // A start that failed leaves nothing pinned.
+    assert!(!pins.exists(), "{} left behind", pins.display());
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! Project automation: `cargo xtask setup | build | run | test`.
+//! Project automation: `cargo xtask setup | build | run | test | test-kernels`.
 mod bench;
 mod fuzz;
+mod kernels;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -46,9 +47,19 @@ enum Cmd {
         /// Where to write the report.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run only this part and print its section (BENCHMARKS.md is left alone).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// Run every cargo-fuzz target briefly from its committed corpus (part of `test`).
     FuzzSmoke,
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run the daemon in every attach mode
+    /// with exact counts (part of `test`).
+    TestKernels {
+        /// Rewrite README's "What attaches where" tables from this run.
+        #[arg(long)]
+        bless: bool,
+    },
     /// Set up everything and run every test (unit, kernel integration, end to end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -113,6 +124,7 @@ fn main() -> Result<()> {
             success,
             smoke,
             out,
+            only,
         } => {
             setup::toolchain()?;
             setup::test_packages()?;
@@ -123,6 +135,7 @@ fn main() -> Result<()> {
                     success: 500,
                     smoke,
                     out: out.unwrap_or_else(smoke_report),
+                    only,
                 }
             } else {
                 bench::Opts {
@@ -131,11 +144,17 @@ fn main() -> Result<()> {
                     success,
                     smoke,
                     out: out.unwrap_or_else(|| root().join("BENCHMARKS.md")),
+                    only,
                 }
             };
             bench::run(&opts)?;
         }
         Cmd::FuzzSmoke => fuzz::smoke()?,
+        Cmd::TestKernels { bless } => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            kernels::matrix(&kernels::Opts { bless })?;
+        }
         Cmd::Test { args } => {
             setup::toolchain()?;
             setup::test_packages()?;
@@ -155,8 +174,10 @@ fn main() -> Result<()> {
                     success: 500,
                     smoke: true,
                     out: smoke_report(),
+                    only: None,
                 })?;
                 fuzz::smoke()?;
+                kernels::matrix(&kernels::Opts { bless: false })?;
             }
         }
     }

@@ -17,6 +17,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // `test-kernels`: Debian's kernels under qemu, from a busybox initramfs.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
 ];
 
 pub fn is_root() -> bool {

@@ -1,0 +1,95 @@
+#!/bin/busybox sh
+# /init of the `cargo xtask test-kernels` guest. Runs `check`, then for each attach mode named on
+# the kernel command line (ra.modes=a,b,…) `check --attach`, and `run --attach` and
+# `trace --attach` side by side while vm-client makes traffic with known counts. Prints
+# everything as `@@ ` lines on the console for the host to judge; trace events are counted here
+# by kind and port (or reason). Run n uses ports 7000 + 100 n + 1…6: runs cannot see each other.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tracefs nodev /sys/kernel/tracing
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# Kernel messages would interleave with the results.
+echo 0 > /proc/sys/kernel/printk
+# Per-program run counts in /metrics prove which programs ran.
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
+# sock_diag, for the inbound diagnosis (the kernel would load these on demand from disk).
+for m in inet_diag tcp_diag; do
+    [ -e /modules/$m.ko.xz ] && unxz /modules/$m.ko.xz
+    insmod /modules/$m.ko
+done
+ip link set lo up
+# A non-loopback local address: connections to it that only a 127.0.0.1 listener could take.
+ip addr add 192.0.2.1/32 dev lo
+
+say() { echo "@@ $*"; }
+prefixed() { sed "s/^/@@ $1 /"; }
+stamp() { say time "$1" "$(cut -d' ' -f1 /proc/uptime)"; }
+
+say kernel "$(uname -r)"
+stamp boot
+refusal-agent check > /tmp/check 2>&1
+say check-exit $?
+prefixed check < /tmp/check
+
+modes=$(sed -n 's/.*ra\.modes=\([a-z_,]*\).*/\1/p' /proc/cmdline | tr , ' ')
+run=0
+for mode in $modes; do
+    run=$((run + 1))
+    p=$((7000 + 100 * run))
+    say mode "$mode" "$p"
+    stamp check
+    refusal-agent check --attach "$mode" > /tmp/check 2>&1
+    say check-exit $?
+    prefixed check < /tmp/check
+    stamp run
+    refusal-agent trace --json --attach "$mode" > /tmp/trace 2> /tmp/trace.err &
+    tpid=$!
+    refusal-agent run --attach "$mode" --listen 127.0.0.1:9977 > /tmp/agent.log 2>&1 &
+    pid=$!
+    ready=0
+    for _ in $(seq 900); do
+        if grep -q '^tracing' /tmp/trace.err && wget -q -O /dev/null http://127.0.0.1:9977/readyz 2> /dev/null; then
+            ready=1
+            break
+        fi
+        kill -0 $pid 2> /dev/null && kill -0 $tpid 2> /dev/null || break
+        sleep 0.1
+    done
+    say ready $ready
+    stamp ready
+    if [ $ready = 1 ]; then
+        vm-client elsewhere 127.0.0.1 192.0.2.1 $((p + 5)) 20 > /tmp/e5 2>&1 &
+        e5=$!
+        vm-client elsewhere 192.0.2.1 127.0.0.1 $((p + 6)) 20 > /tmp/e6 2>&1 &
+        e6=$!
+        say client "$(vm-client refused 127.0.0.1 $((p + 1)) 200 2>&1)"
+        say client "$(vm-client refused ::1 $((p + 2)) 50 2>&1)"
+        say client "$(vm-client reset $((p + 3)) 50 2>&1)"
+        say client "$(vm-client cold-start $((p + 4)) 2000 2>&1)"
+        # Verdicts advance on the daemon's 250 ms tick; listeners are listed at most every second.
+        sleep 1.5
+        say client "$(cat /tmp/e5)"
+        say client "$(cat /tmp/e6)"
+        wget -q -O - http://127.0.0.1:9977/metrics | prefixed metrics
+        kill $e5 $e6 $pid
+    fi
+    kill -INT $tpid
+    wait $pid
+    say exit $?
+    wait $tpid
+    say trace-exit $?
+    stamp exit
+    sed -n -e 's/.*"kind":"\([a-z_]*\)".*"dst_port":\([0-9]*\).*/\1 \2/p' \
+        -e 's/.*"kind":"\([a-z_]*\)".*"local_port":\([0-9]*\).*/\1 \2/p' \
+        -e 's/.*"kind":"\(reset_sent\)".*"reason":"\([a-z_]*\)".*/\1 \2/p' /tmp/trace |
+        sort | uniq -c | prefixed trace
+    prefixed log < /tmp/agent.log
+    prefixed log < /tmp/trace.err
+done
+say done
+poweroff -f
