@@ -3,32 +3,40 @@
 //! refusals against the host's listeners, and says which ports the kernel should watch for
 //! successes. Runs on the daemon's tick; no kernel access here.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::SocketAddr,
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use prometheus::{
-    HistogramOpts, HistogramVec,
-    proto::{MetricFamily, MetricType},
-};
+use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
 use crate::{
     collector::Snapshot,
+    exposition::{Histogram, Kind, Sample, Text},
+    labels::Label,
     listeners::{self, Diagnosis},
-    metrics::{Samples, family},
-    series::{OTHER, SeriesCap},
+    series::{SeriesCap, Tally, TargetSeries},
     verdict::{Engine, Outcome, State, Thresholds},
 };
 
 /// A target as DESIGN.md defines it: workload, comm, destination address and port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TargetId {
-    pub workload: String,
-    pub comm: String,
-    pub dst_addr: String,
+    pub workload: Label,
+    pub comm: Label,
+    pub dst_addr: IpAddr,
     pub dst_port: u16,
+}
+
+impl TargetId {
+    fn series(&self) -> TargetSeries {
+        TargetSeries {
+            workload: self.workload.clone(),
+            comm: self.comm.clone(),
+            dst: Some((self.dst_addr, self.dst_port)),
+        }
+    }
 }
 
 /// Buckets from 0.1 s to 10 min, dense where boots land (1–180 s).
@@ -42,85 +50,87 @@ const INBOUND_RECENT: Duration = Duration::from_secs(300);
 /// Listing the host's listeners costs a netlink dump: at most this often.
 const LISTENERS_EVERY: Duration = Duration::from_secs(1);
 
-type OutcomeKey = (TargetId, Option<String>);
+/// One kernel counter of connect outcomes: the kernel's key as resolved (proto is TCP).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CounterId {
+    cgroup_id: u64,
+    comm: Label,
+    dst_addr: IpAddr,
+    dst_port: u16,
+    errno: Option<Label>,
+}
 
 pub struct Analysis {
     engine: Engine<TargetId>,
-    /// Cumulative counts already fed to the engine.
-    seen: HashMap<OutcomeKey, u64>,
+    /// Cumulative counts already fed to the engine, per kernel counter: an unchanged counter
+    /// costs one lookup a tick.
+    seen: HashMap<CounterId, u64>,
     /// Cumulative failures by errno per target, for the API.
-    errnos: BTreeMap<TargetId, BTreeMap<String, u64>>,
+    errnos: HashMap<TargetId, Vec<(Label, u64)>>,
     episodes: BTreeMap<(TargetId, &'static str), u64>,
-    cold_starts: HistogramVec,
-    inbound_seen: HashMap<(String, u16), u64>,
-    inbound_last: HashMap<(String, u16), Duration>,
+    cold_starts: BTreeMap<(Label, u16), Histogram>,
+    inbound_seen: HashMap<(IpAddr, u16), u64>,
+    inbound_last: HashMap<(IpAddr, u16), Duration>,
     listeners: Vec<SocketAddr>,
     listeners_at: Option<Duration>,
     now: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("registering the cold start histogram: {0}")]
-pub struct AnalysisError(#[from] prometheus::Error);
+const COLD_START: &str = "refusal_cold_start_duration_seconds";
 
 impl Analysis {
-    pub fn new(thresholds: Thresholds) -> Result<Self, AnalysisError> {
-        let opts = HistogramOpts::new(
-            "refusal_cold_start_duration_seconds",
-            "Time from an episode's first refusal to the first successful connect, for cold starts.",
-        )
-        .buckets(COLD_START_BUCKETS.to_vec());
-        Ok(Self {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Self {
             engine: Engine::new(thresholds),
             seen: HashMap::new(),
-            errnos: BTreeMap::new(),
+            errnos: HashMap::new(),
             episodes: BTreeMap::new(),
-            cold_starts: HistogramVec::new(opts, &["workload", "dst_port"])?,
+            cold_starts: BTreeMap::new(),
             inbound_seen: HashMap::new(),
             inbound_last: HashMap::new(),
             listeners: Vec::new(),
             listeners_at: None,
             now: Duration::ZERO,
-        })
+        }
     }
 
     /// Feeds what changed since the last snapshot; `now` is `CLOCK_MONOTONIC`, the clock of the
     /// kernel's timestamps. Returns the ports the kernel should watch for successes.
     pub fn update(&mut self, snap: &Snapshot, now: Duration) -> BTreeSet<u16> {
         self.now = now;
-        // Sum per label set first: two cgroups may name the same workload.
-        let mut current: BTreeMap<OutcomeKey, (u64, u64)> = BTreeMap::new();
+        let mut deltas: Vec<(u64, TargetId, Option<Label>, u64)> = Vec::new();
         for o in snap.outcomes.iter().filter(|o| o.proto == "tcp") {
+            let counter = CounterId {
+                cgroup_id: o.cgroup_id,
+                comm: o.comm.clone(),
+                dst_addr: o.dst_addr,
+                dst_port: o.dst_port,
+                errno: o.errno.clone(),
+            };
+            let seen = self.seen.entry(counter).or_default();
+            if o.count <= *seen {
+                continue;
+            }
             let id = TargetId {
                 workload: o.workload.clone(),
                 comm: o.comm.clone(),
-                dst_addr: o.dst_addr.clone(),
+                dst_addr: o.dst_addr,
                 dst_port: o.dst_port,
             };
-            let e = current.entry((id, o.errno.clone())).or_default();
-            e.0 += o.count;
-            e.1 = e.1.max(o.last_ns);
-        }
-        let mut deltas: Vec<(u64, OutcomeKey, u64)> = Vec::new();
-        for (key, (count, last_ns)) in current {
-            let seen = self.seen.entry(key.clone()).or_default();
-            if count > *seen {
-                deltas.push((last_ns, key.clone(), count - *seen));
-                *seen = count;
-            }
-            if let Some(errno) = &key.1 {
-                self.errnos
-                    .entry(key.0.clone())
-                    .or_default()
-                    .insert(errno.clone(), count);
-            }
+            deltas.push((o.last_ns, id, o.errno.clone(), o.count - *seen));
+            *seen = o.count;
         }
         // In event order, so an episode's first refusal precedes its success.
         deltas.sort();
-        for (last_ns, (id, errno), n) in deltas {
+        for (last_ns, id, errno, n) in deltas {
             let at = Duration::from_nanos(last_ns);
-            if errno.is_some() {
+            if let Some(errno) = errno {
                 self.engine.refused(&id, at, n);
+                let counts = self.errnos.entry(id).or_default();
+                match counts.iter_mut().find(|(e, _)| *e == errno) {
+                    Some((_, total)) => *total += n,
+                    None => counts.push((errno, n)),
+                }
             } else if let Some(outcome) = self.engine.succeeded(&id, at, n) {
                 self.ended(&id, outcome);
             }
@@ -133,8 +143,8 @@ impl Analysis {
     fn ended(&mut self, id: &TargetId, outcome: Outcome) {
         let name = match outcome {
             Outcome::ColdStart { seconds } => {
-                self.cold_starts
-                    .with_label_values(&[id.workload.as_str(), &id.dst_port.to_string()])
+                (self.cold_starts.entry((id.workload.clone(), id.dst_port)))
+                    .or_insert_with(|| Histogram::new(COLD_START_BUCKETS))
                     .observe(seconds);
                 "cold_start"
             }
@@ -145,8 +155,8 @@ impl Analysis {
 
     fn update_inbound(&mut self, snap: &Snapshot, now: Duration) {
         for i in &snap.inbound {
-            let key = (i.local_addr.clone(), i.local_port);
-            let seen = self.inbound_seen.entry(key.clone()).or_default();
+            let key = (i.local_addr, i.local_port);
+            let seen = self.inbound_seen.entry(key).or_default();
             if i.count > *seen {
                 *seen = i.count;
                 self.inbound_last.insert(key, now);
@@ -166,22 +176,23 @@ impl Analysis {
         }
     }
 
-    /// Diagnoses of the inbound refusals seen recently.
-    pub fn inbound_diagnoses(&self) -> Vec<(SocketAddr, Diagnosis)> {
-        let mut out: Vec<_> = self
-            .inbound_last
-            .keys()
-            .filter_map(|(addr, port)| {
-                let local = SocketAddr::new(addr.parse().ok()?, *port);
-                Some((local, listeners::diagnose(local, &self.listeners)?))
-            })
-            .collect();
+    /// Diagnoses of the inbound refusals seen recently, in no order.
+    fn diagnoses(&self) -> impl Iterator<Item = (SocketAddr, Diagnosis)> + '_ {
+        self.inbound_last.keys().filter_map(|&(addr, port)| {
+            let local = SocketAddr::new(addr, port);
+            Some((local, listeners::diagnose(local, &self.listeners)?))
+        })
+    }
+
+    /// [`Analysis::diagnoses`] by address and port.
+    fn inbound_diagnoses(&self) -> Vec<(SocketAddr, Diagnosis)> {
+        let mut out: Vec<_> = self.diagnoses().collect();
         out.sort();
         out
     }
 
     /// Another address on the same port answers the same workload while this one refuses.
-    fn stale_address(&self, id: &TargetId) -> Option<String> {
+    fn stale_address(&self, id: &TargetId) -> Option<IpAddr> {
         self.engine
             .iter()
             .filter(|(other, t)| {
@@ -190,85 +201,70 @@ impl Analysis {
                     && other.dst_addr != id.dst_addr
                     && t.last_success.is_some()
             })
-            .map(|(other, _)| other.dst_addr.clone())
+            .map(|(other, _)| other.dst_addr)
             .next()
     }
 
-    pub fn families(&self, series: &mut SeriesCap) -> Vec<MetricFamily> {
-        let mut states = Samples::new();
+    /// Writes the verdict metrics: target states, episodes, inbound diagnoses, cold starts.
+    pub fn render(&self, series: &mut SeriesCap, out: &mut Text) {
+        // One series per target, for the state it is in: three per target would triple a port
+        // scan's scrape for zeros that absent series express as well.
+        let table = &mut series.target_state;
+        let mut states = Vec::new();
         for (id, t) in self.engine.iter().filter(|(_, t)| t.state != State::Ok) {
-            let mut labels = vec![
-                id.workload.clone(),
-                id.comm.clone(),
-                id.dst_addr.clone(),
-                id.dst_port.to_string(),
-            ];
-            if !series.admit("refusal_target_state", &labels) {
-                labels[2] = OTHER.into();
-                labels[3] = OTHER.into();
-            }
-            // One series per target, for the state it is in: three per target would triple a
-            // port scan's scrape for zeros that absent series express as well.
-            labels.push(t.state.name().into());
-            states.insert(labels, 1.0);
+            let row = table.row(id.series(), TargetSeries::folded, TargetSeries::labels);
+            states.push((row, t.state.name()));
         }
-        let mut episodes = Samples::new();
-        for ((id, outcome), n) in &self.episodes {
-            let mut labels = vec![
-                id.workload.clone(),
-                id.comm.clone(),
-                id.dst_addr.clone(),
-                id.dst_port.to_string(),
-                outcome.to_string(),
-            ];
-            if !series.admit("refusal_episodes_total", &labels) {
-                labels[2] = OTHER.into();
-                labels[3] = OTHER.into();
-            }
-            *episodes.entry(labels).or_default() += *n as f64;
-        }
-        let diagnoses: Samples = self
-            .inbound_diagnoses()
-            .into_iter()
-            .map(|(local, d)| {
-                (
-                    vec![local.ip().to_string(), local.port().to_string(), d.name().to_string()],
-                    1.0,
-                )
-            })
-            .collect();
-        let mut out: Vec<MetricFamily> = [
-            family(
-                "refusal_target_state",
-                "1 for the state each target with refusals is in (refusing, persistent, flapping).",
-                MetricType::GAUGE,
-                &["workload", "comm", "dst_addr", "dst_port", "state"],
-                states,
-            ),
-            family(
-                "refusal_episodes_total",
-                "Refusal episodes that ended, by outcome: cold_start (came up in time) or recovered (after persistent).",
-                MetricType::COUNTER,
-                &["workload", "comm", "dst_addr", "dst_port", "outcome"],
-                episodes,
-            ),
-            family(
-                "refusal_inbound_diagnosis",
-                "Why this host refuses connections to a local address and port (not_listening, loopback_only, wrong_address).",
-                MetricType::GAUGE,
-                &["local_addr", "local_port", "diagnosis"],
-                diagnoses,
-            ),
-        ]
-        .into_iter()
-        .filter(|f| !f.get_metric().is_empty())
-        .collect();
-        out.extend(
-            prometheus::core::Collector::collect(&self.cold_starts)
-                .into_iter()
-                .filter(|f| !f.get_metric().is_empty()),
+        // A gauge: targets folded together are one series at 1, not a sum.
+        states.sort_unstable();
+        states.dedup();
+        out.family(
+            "refusal_target_state",
+            "1 for the state each target with refusals is in (refusing, persistent, flapping).",
+            Kind::Gauge,
         );
-        out
+        for (row, state) in states {
+            (out.sample("refusal_target_state").cached(table.labels(row)))
+                .label("state", state)
+                .count(1);
+        }
+
+        let table = &mut series.episodes;
+        let mut tally = Tally::default();
+        let fold = |(t, outcome): &(TargetSeries, &'static str)| (t.folded(), *outcome);
+        for ((id, outcome), n) in &self.episodes {
+            tally.add(table.row((id.series(), *outcome), fold, episode_labels), *n);
+        }
+        out.family(
+            "refusal_episodes_total",
+            "Refusal episodes that ended, by outcome: cold_start (came up in time) or recovered (after persistent).",
+            Kind::Counter,
+        );
+        tally.write(out, "refusal_episodes_total", table);
+
+        out.family(
+            "refusal_inbound_diagnosis",
+            "Why this host refuses connections to a local address and port (not_listening, loopback_only, wrong_address).",
+            Kind::Gauge,
+        );
+        for (local, d) in self.diagnoses() {
+            out.sample("refusal_inbound_diagnosis")
+                .plain("local_addr", local.ip())
+                .plain("local_port", local.port())
+                .label("diagnosis", d.name())
+                .count(1);
+        }
+
+        out.family(
+            COLD_START,
+            "Time from an episode's first refusal to the first successful connect, for cold starts.",
+            Kind::Histogram,
+        );
+        for ((workload, port), h) in &self.cold_starts {
+            h.write(out, COLD_START, |s| {
+                s.label("workload", workload).plain("dst_port", *port)
+            });
+        }
     }
 
     /// One entry per target for `/api/targets`. `realtime_offset` turns monotonic seconds into
@@ -290,13 +286,14 @@ impl Analysis {
                         id.dst_port
                     ));
                 }
+                let counts = self.errnos.get(id).into_iter().flatten();
                 TargetView {
-                    workload: id.workload.clone(),
-                    comm: id.comm.clone(),
-                    dst_addr: id.dst_addr.clone(),
+                    workload: id.workload.to_string(),
+                    comm: id.comm.to_string(),
+                    dst_addr: id.dst_addr.to_string(),
                     dst_port: id.dst_port,
                     state: t.state,
-                    counts: self.errnos.get(id).cloned().unwrap_or_default(),
+                    counts: counts.map(|(e, n)| (e.to_string(), *n)).collect(),
                     refused_total: t.refused_total,
                     first_refusal: unix(t.first_refusal),
                     last_refusal: unix(t.last_refusal),
@@ -323,16 +320,16 @@ impl Analysis {
             .map(|(local, d)| InboundView {
                 local_addr: local.ip().to_string(),
                 local_port: local.port(),
-                refused_total: self
-                    .inbound_seen
-                    .get(&(local.ip().to_string(), local.port()))
-                    .copied()
-                    .unwrap_or(0),
+                refused_total: self.inbound_seen.get(&(local.ip(), local.port())).copied().unwrap_or(0),
                 diagnosis: d.name(),
                 explanation: d.explain(local, &self.listeners),
             })
             .collect()
     }
+}
+
+fn episode_labels<'a>((target, outcome): &(TargetSeries, &str), l: Sample<'a>) -> Sample<'a> {
+    target.labels(l).label("outcome", outcome)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -375,7 +372,7 @@ pub struct TargetView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{collector::Outcome as Seen, metrics::encode};
+    use crate::collector::Outcome as Seen;
 
     fn seen(addr: &str, errno: Option<&str>, count: u64, last_s: u64) -> Seen {
         Seen {
@@ -383,7 +380,7 @@ mod tests {
             workload: "/".into(),
             comm: "app".into(),
             proto: "tcp",
-            dst_addr: addr.into(),
+            dst_addr: addr.parse().unwrap(),
             dst_port: 8080,
             errno: errno.map(Into::into),
             count,
@@ -398,9 +395,15 @@ mod tests {
         }
     }
 
+    fn text(a: &Analysis, series: &mut SeriesCap) -> String {
+        let mut out = Text::default();
+        a.render(series, &mut out);
+        out.finish()
+    }
+
     #[test]
     fn deltas_drive_episodes_watch_set_and_metrics() {
-        let mut a = Analysis::new(Thresholds::default()).unwrap();
+        let mut a = Analysis::new(Thresholds::default());
         let refused = |n, t| seen("10.0.0.7", Some("ECONNREFUSED"), n, t);
         assert_eq!(
             a.update(&snap(vec![refused(2, 10)]), Duration::from_secs(10)),
@@ -416,21 +419,21 @@ mod tests {
         let t = &a.targets(0.0)[0];
         assert_eq!((t.state, t.refused_total, t.cold_starts), (State::Ok, 5, 1));
         assert_eq!(t.counts["ECONNREFUSED"], 5);
-        let text = encode(&a.families(&mut SeriesCap::new(100))).unwrap();
+        let text = text(&a, &mut SeriesCap::new(100));
         assert!(text.contains("refusal_episodes_total{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",outcome=\"cold_start\"} 1\n"), "{text}");
         assert!(
-            text.contains("refusal_cold_start_duration_seconds_sum{dst_port=\"8080\",workload=\"/\"} 4\n"),
+            text.contains("refusal_cold_start_duration_seconds_sum{workload=\"/\",dst_port=\"8080\"} 4\n"),
             "{text}"
         );
         assert!(
-            text.contains("refusal_cold_start_duration_seconds_bucket{dst_port=\"8080\",workload=\"/\",le=\"5\"} 1\n"),
+            text.contains("refusal_cold_start_duration_seconds_bucket{workload=\"/\",dst_port=\"8080\",le=\"5\"} 1\n"),
             "{text}"
         );
     }
 
     #[test]
     fn another_address_answering_is_a_stale_address() {
-        let mut a = Analysis::new(Thresholds::default()).unwrap();
+        let mut a = Analysis::new(Thresholds::default());
         let s = snap(vec![
             seen("10.0.0.7", Some("ECONNREFUSED"), 3, 10),
             seen("10.0.0.8", None, 4, 11),
@@ -446,8 +449,34 @@ mod tests {
             "{}",
             stale.explanation
         );
-        let text = encode(&a.families(&mut SeriesCap::new(100))).unwrap();
+        let text = text(&a, &mut SeriesCap::new(100));
         assert!(text.contains("refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",state=\"refusing\"} 1\n"), "{text}");
         assert!(!text.contains("state=\"persistent\""), "{text}");
+    }
+
+    #[test]
+    fn targets_past_the_cap_fold_into_one_state_series() {
+        let mut a = Analysis::new(Thresholds::default());
+        let s = snap(
+            (1..=4)
+                .map(|i| seen(&format!("10.0.0.{i}"), Some("ECONNREFUSED"), 1, 10))
+                .collect(),
+        );
+        a.update(&s, Duration::from_secs(10));
+        let mut cap = SeriesCap::new(2);
+        let text = text(&a, &mut cap);
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("refusal_target_state{"))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.1\",dst_port=\"8080\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.2\",dst_port=\"8080\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"other\",dst_port=\"other\",state=\"refusing\"} 1",
+            ]
+        );
+        assert_eq!(cap.overflow().last(), Some(("refusal_target_state", 2)));
     }
 }

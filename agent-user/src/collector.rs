@@ -1,7 +1,8 @@
 //! Reads the kernel's aggregates at collection time (scrape or tick) into a [`Snapshot`] with
 //! labels resolved. The kernel counts; this only sums per-CPU slots.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -10,10 +11,15 @@ use agent_common::{
 };
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
+use foldhash::HashMap;
 
-use crate::{labels, workload::CgroupResolver};
+use crate::{
+    batch,
+    labels::{self, Interned, Label},
+    workload::CgroupResolver,
+};
 
 /// Owner entries go when their socket closes. One older than this is a long-lived connection
 /// (its resets then fall back to the socket's cgroup) or the leftover of a connect that failed
@@ -37,12 +43,12 @@ pub enum CollectError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub cgroup_id: u64,
-    pub workload: String,
-    pub comm: String,
+    pub workload: Label,
+    pub comm: Label,
     pub proto: &'static str,
-    pub dst_addr: String,
+    pub dst_addr: IpAddr,
     pub dst_port: u16,
-    pub errno: Option<String>,
+    pub errno: Option<Label>,
     pub count: u64,
     /// `CLOCK_MONOTONIC` of the last one.
     pub last_ns: u64,
@@ -50,9 +56,9 @@ pub struct Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetReceived {
-    pub workload: String,
-    pub comm: String,
-    pub dst_addr: String,
+    pub workload: Label,
+    pub comm: Label,
+    pub dst_addr: IpAddr,
     pub dst_port: u16,
     pub state: &'static str,
     pub count: u64,
@@ -60,15 +66,15 @@ pub struct ResetReceived {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetSent {
-    pub workload: String,
-    pub comm: String,
-    pub reason: String,
+    pub workload: Label,
+    pub comm: Label,
+    pub reason: Label,
     pub count: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inbound {
-    pub local_addr: String,
+    pub local_addr: IpAddr,
     pub local_port: u16,
     pub count: u64,
 }
@@ -77,9 +83,9 @@ pub struct Inbound {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overflow {
     /// `(proto, errno) → count`.
-    pub failures: BTreeMap<(&'static str, String), u64>,
+    pub failures: BTreeMap<(&'static str, Label), u64>,
     pub resets_received: BTreeMap<&'static str, u64>,
-    pub resets_sent: BTreeMap<String, u64>,
+    pub resets_sent: BTreeMap<Label, u64>,
     pub inbound: u64,
 }
 
@@ -98,8 +104,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn failures(&self) -> impl Iterator<Item = (&Outcome, &str)> {
-        self.outcomes.iter().filter_map(|o| Some((o, o.errno.as_deref()?)))
+    pub fn failures(&self) -> impl Iterator<Item = (&Outcome, &Label)> {
+        self.outcomes.iter().filter_map(|o| Some((o, o.errno.as_ref()?)))
     }
 }
 
@@ -119,8 +125,8 @@ pub struct Collector {
     inbound: PerCpuHashMap<MapData, InboundKey, u64>,
     overflow: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
-    owners: HashMap<MapData, u64, Owner>,
-    watch: HashMap<MapData, u16, u8>,
+    owners: BpfHashMap<MapData, u64, Owner>,
+    watch: BpfHashMap<MapData, u16, u8>,
     config: Array<MapData, u32>,
     /// Ports no episode needs any more, since when: removed after [`UNWATCH_AFTER`].
     unwatched: BTreeMap<u16, Instant>,
@@ -130,6 +136,43 @@ pub struct Collector {
     rst_reasons: BTreeMap<u32, String>,
     last_gc: Instant,
     owners_expired: u64,
+    cache: Cache,
+}
+
+/// What earlier collections learnt. Label values are resolved once per raw value: every
+/// collection (4 a second, more with scrapes) meets the same cgroups, comms and errnos on
+/// thousands of keys; bounded by the distinct keys the kernel maps can hold.
+#[derive(Default)]
+struct Cache {
+    interned: Interned,
+    workloads: HashMap<u64, Label>,
+    reasons: HashMap<u32, Label>,
+    /// Entries of each map last time: the snapshot is sized once, not grown and copied.
+    sizes: [usize; 4],
+}
+
+impl Cache {
+    fn workload(&mut self, resolver: Option<&mut CgroupResolver>, cgroup_id: u64) -> Label {
+        let name = self.workloads.entry(cgroup_id).or_insert_with(|| {
+            match resolver {
+                Some(r) => r.workload(cgroup_id),
+                None => format!("cgroup:{cgroup_id}"),
+            }
+            .into()
+        });
+        name.clone()
+    }
+
+    fn reason(&mut self, rst_reasons: &BTreeMap<u32, String>, reason: u32) -> Label {
+        let name = self
+            .reasons
+            .entry(reason)
+            .or_insert_with(|| match rst_reasons.get(&reason) {
+                Some(r) => r.as_str().into(),
+                None => format!("reason_{reason}").into(),
+            });
+        name.clone()
+    }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CollectError> {
@@ -137,21 +180,18 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'s
     T::try_from(map).map_err(|source| CollectError::Map { name, source })
 }
 
-/// Every entry of a per-CPU hash with its per-CPU values folded by `sum`.
+/// Calls `f` with every entry of a per-CPU map, its per-CPU values folded by `sum`; reads in
+/// batches.
 fn entries<K: Pod, V: Pod, R>(
-    map: &PerCpuHashMap<MapData, K, V>,
+    map: &impl IterableMap<K, PerCpuValues<V>>,
     name: &'static str,
-    sum: impl Fn(&PerCpuValues<V>) -> R,
-) -> Result<Vec<(K, R)>, CollectError> {
-    map.iter()
-        .map(|e| {
-            e.map(|(k, v)| (k, sum(&v)))
-                .map_err(|source| CollectError::Map { name, source })
-        })
-        .collect()
+    sum: impl Fn(&[V]) -> R,
+    mut f: impl FnMut(K, R),
+) -> Result<(), CollectError> {
+    batch::for_each(map.map(), true, |k, v: &[V]| f(k, sum(v))).map_err(|source| CollectError::Map { name, source })
 }
 
-fn total(v: &PerCpuValues<u64>) -> u64 {
+fn total(v: &[u64]) -> u64 {
     v.iter().sum()
 }
 
@@ -178,21 +218,8 @@ impl Collector {
             rst_reasons,
             last_gc: Instant::now(),
             owners_expired: 0,
+            cache: Cache::default(),
         })
-    }
-
-    fn workload(&mut self, cgroup_id: u64) -> String {
-        match self.resolver.as_mut() {
-            Some(r) => r.workload(cgroup_id),
-            None => format!("cgroup:{cgroup_id}"),
-        }
-    }
-
-    pub fn reason(&self, reason: u32) -> String {
-        self.rst_reasons
-            .get(&reason)
-            .cloned()
-            .unwrap_or_else(|| format!("reason_{reason}"))
     }
 
     pub fn collect(&mut self, scope: Scope) -> Result<Snapshot, CollectError> {
@@ -200,61 +227,86 @@ impl Collector {
             self.expire_owners();
         }
         let mut snap = Snapshot::default();
-        let targets = entries(&self.targets, names::TARGETS, |v| {
-            (
-                v.iter().map(|c| c.count).sum::<u64>(),
-                v.iter().map(|c| c.last_ns).max().unwrap_or(0),
-            )
-        })?;
-        for (key, (count, last_ns)) in targets {
-            snap.outcomes.push(Outcome {
-                cgroup_id: key.cgroup_id,
-                workload: self.workload(key.cgroup_id),
-                comm: labels::comm(&key.comm),
-                proto: labels::proto(key.proto),
-                dst_addr: labels::addr(key.daddr),
-                dst_port: key.dport,
-                errno: (key.errno != 0).then(|| labels::errno(key.errno)),
-                count,
-                last_ns,
-            });
-        }
-        for (key, count) in entries(&self.inbound, names::INBOUND, total)? {
+        let Self {
+            cache,
+            resolver,
+            rst_reasons,
+            ..
+        } = self;
+        snap.outcomes.reserve(cache.sizes[0]);
+        let last = |v: &[Counter]| {
+            let count = v.iter().map(|c| c.count).sum::<u64>();
+            (count, v.iter().map(|c| c.last_ns).max().unwrap_or(0))
+        };
+        entries(
+            &self.targets,
+            names::TARGETS,
+            last,
+            |key: TargetKey, (count, last_ns)| {
+                snap.outcomes.push(Outcome {
+                    cgroup_id: key.cgroup_id,
+                    workload: cache.workload(resolver.as_mut(), key.cgroup_id),
+                    comm: cache.interned.comm(&key.comm),
+                    proto: labels::proto(key.proto),
+                    dst_addr: labels::canonical_ip(key.daddr),
+                    dst_port: key.dport,
+                    errno: (key.errno != 0).then(|| cache.interned.errno(key.errno)),
+                    count,
+                    last_ns,
+                })
+            },
+        )?;
+        snap.inbound.reserve(cache.sizes[1]);
+        entries(&self.inbound, names::INBOUND, total, |key: InboundKey, count| {
             snap.inbound.push(Inbound {
-                local_addr: labels::addr(key.laddr),
+                local_addr: labels::canonical_ip(key.laddr),
                 local_port: key.lport,
                 count,
-            });
-        }
+            })
+        })?;
+        cache.sizes[..2].copy_from_slice(&[snap.outcomes.len(), snap.inbound.len()]);
         if scope == Scope::Verdicts {
             return Ok(snap);
         }
-        for (key, count) in entries(&self.resets_received, names::RESETS_RECEIVED, total)? {
-            snap.resets_received.push(ResetReceived {
-                workload: self.workload(key.cgroup_id),
-                comm: labels::comm(&key.comm),
-                dst_addr: labels::addr(key.daddr),
-                dst_port: key.dport,
-                state: labels::tcp_state(key.state),
-                count,
-            });
-        }
-        for (key, count) in entries(&self.resets_sent, names::RESETS_SENT, total)? {
-            snap.resets_sent.push(ResetSent {
-                workload: self.workload(key.cgroup_id),
-                comm: labels::comm(&key.comm),
-                reason: self.reason(key.reason),
-                count,
-            });
-        }
+        snap.resets_received.reserve(cache.sizes[2]);
+        entries(
+            &self.resets_received,
+            names::RESETS_RECEIVED,
+            total,
+            |key: ResetKey, count| {
+                snap.resets_received.push(ResetReceived {
+                    workload: cache.workload(resolver.as_mut(), key.cgroup_id),
+                    comm: cache.interned.comm(&key.comm),
+                    dst_addr: labels::canonical_ip(key.daddr),
+                    dst_port: key.dport,
+                    state: labels::tcp_state(key.state),
+                    count,
+                })
+            },
+        )?;
+        snap.resets_sent.reserve(cache.sizes[3]);
+        entries(
+            &self.resets_sent,
+            names::RESETS_SENT,
+            total,
+            |key: ResetSentKey, count| {
+                snap.resets_sent.push(ResetSent {
+                    workload: cache.workload(resolver.as_mut(), key.cgroup_id),
+                    comm: cache.interned.comm(&key.comm),
+                    reason: cache.reason(rst_reasons, key.reason),
+                    count,
+                })
+            },
+        )?;
+        cache.sizes[2..].copy_from_slice(&[snap.resets_received.len(), snap.resets_sent.len()]);
         snap.overflow = self.overflow()?;
-        let map_err = |source| CollectError::Map {
-            name: names::DROPS,
-            source,
-        };
+        let mut drops = BTreeMap::new();
+        entries(&self.drops, names::DROPS, total, |slot: u32, n| {
+            drops.insert(slot, n);
+        })?;
         for what in Drop::ALL {
             snap.drops
-                .push((what.name(), total(&self.drops.get(&(what as u32), 0).map_err(map_err)?)));
+                .push((what.name(), drops.get(&(what as u32)).copied().unwrap_or(0)));
         }
         snap.drops.push(("owner_expired", self.owners_expired));
         snap.bpf_stats = self.bpf_stats();
@@ -262,13 +314,17 @@ impl Collector {
     }
 
     /// Makes the kernel's watch set follow `ports` (the ports of open episodes).
-    pub fn set_watched(&mut self, ports: &std::collections::BTreeSet<u16>) -> Result<(), CollectError> {
+    pub fn set_watched(&mut self, ports: &BTreeSet<u16>) -> Result<(), CollectError> {
         let map_err = |source| CollectError::Map {
             name: names::WATCH,
             source,
         };
         let now = Instant::now();
-        let current: Vec<u16> = self.watch.keys().filter_map(Result::ok).collect();
+        let mut current = BTreeSet::new();
+        batch::for_each(self.watch.map(), false, |port: u16, _: &[u8]| {
+            current.insert(port);
+        })
+        .map_err(map_err)?;
         for port in &current {
             if ports.contains(port) {
                 self.unwatched.remove(port);
@@ -278,7 +334,13 @@ impl Collector {
             }
         }
         for port in ports.iter().filter(|p| !current.contains(p)) {
-            self.watch.insert(port, 1, 0).map_err(map_err)?;
+            match self.watch.insert(port, 1, 0) {
+                Ok(()) => {}
+                // Full: the kernel watches as many ports as the map holds, and the others once
+                // some of those close their episodes.
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => break,
+                Err(e) => return Err(map_err(e)),
+            }
         }
         let on = u32::from(!ports.is_empty() || !self.unwatched.is_empty());
         self.config
@@ -304,24 +366,22 @@ impl Collector {
             .collect()
     }
 
-    fn overflow(&self) -> Result<Overflow, CollectError> {
-        let mut o = Overflow::default();
-        for (slot, values) in self.overflow.iter().enumerate() {
-            let count = total(&values.map_err(|source| CollectError::Map {
-                name: names::OVERFLOW,
-                source,
-            })?);
-            if count == 0 {
-                continue;
+    fn overflow(&mut self) -> Result<Overflow, CollectError> {
+        let mut slots = Vec::new();
+        entries(&self.overflow, names::OVERFLOW, total, |slot: u32, n| {
+            if n > 0 {
+                slots.push((slot, n));
             }
-            let slot = slot as u32;
+        })?;
+        let mut o = Overflow::default();
+        for (slot, count) in slots {
             if slot < overflow::RESETS_RECEIVED {
                 let p = if slot >= overflow::ERRNO_SLOTS {
                     proto::UDP
                 } else {
                     proto::TCP
                 };
-                let errno = labels::errno((slot % overflow::ERRNO_SLOTS) as u16);
+                let errno = self.cache.interned.errno((slot % overflow::ERRNO_SLOTS) as u16);
                 *o.failures.entry((labels::proto(p), errno)).or_default() += count;
             } else if slot < overflow::RESETS_SENT {
                 *o.resets_received
@@ -329,7 +389,7 @@ impl Collector {
                     .or_default() += count;
             } else if slot < overflow::INBOUND {
                 *o.resets_sent
-                    .entry(self.reason(slot - overflow::RESETS_SENT))
+                    .entry(self.cache.reason(&self.rst_reasons, slot - overflow::RESETS_SENT))
                     .or_default() += count;
             } else {
                 o.inbound += count;

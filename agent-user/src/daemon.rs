@@ -11,7 +11,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    analysis::{Analysis, AnalysisError},
+    analysis::Analysis,
     collector::{CollectError, Collector, Scope, Snapshot, monotonic_ns},
     config::Config,
     http, loader,
@@ -29,8 +29,6 @@ pub enum DaemonError {
     Load(#[from] loader::LoadError),
     #[error(transparent)]
     Collect(#[from] CollectError),
-    #[error(transparent)]
-    Analysis(#[from] AnalysisError),
     #[error("listening on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
@@ -149,7 +147,15 @@ pub fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError
         tracing::info!(hook = h.hook, mode = %h.mode.map_or("none", |m| m.name()), refused = ?refused, "hook attached");
     }
     if let (Some(p), Some(plan)) = (&pins, &plan) {
-        let old = p.replace_links(std::mem::take(&mut loaded.links))?;
+        // Pinned before the switch: if pinning fails, the predecessor's programs still count.
+        if let Err(e) = p.pin_links(plan.generation, std::mem::take(&mut loaded.links)) {
+            if p.fresh() {
+                let _ = std::fs::remove_dir_all(p.dir());
+            }
+            return Err(e.into());
+        }
+        loader::activate(&mut loaded.ebpf, plan.generation)?;
+        let old = p.retire_links(plan.generation)?;
         tracing::info!(
             dir = %p.dir().display(),
             generation = plan.generation,
@@ -167,7 +173,7 @@ pub fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError
     let collector = Collector::new(loaded.ebpf, resolver, rst_reasons)?;
     let shared = Arc::new(Shared {
         collector: Mutex::new(collector),
-        analysis: Mutex::new(Analysis::new(cfg.thresholds())?),
+        analysis: Mutex::new(Analysis::new(cfg.thresholds())),
         series: Mutex::new(SeriesCap::new(cfg.max_series)),
         info: AgentInfo {
             version: env!("CARGO_PKG_VERSION"),

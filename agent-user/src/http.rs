@@ -108,40 +108,71 @@ struct Server {
 struct Coalesced {
     /// Held by the computation in progress, until its blocking work ends.
     turn: Arc<tokio::sync::Mutex<()>>,
-    /// When the last computation started, and what it gave (kept: one answer's worth).
+    /// Requests waiting for their turn.
+    waiting: AtomicUsize,
+    /// When the last computation started, and what it gave, kept only while requests wait that
+    /// may share it: an idle endpoint holds no answer (a scrape's is megabytes).
     last: std::sync::Mutex<Option<(Instant, Answer)>>,
 }
 
-/// A computed body, or why there is none.
-type Answer = Arc<Result<String, String>>;
+/// Counts a request in [`Coalesced::waiting`] for as long as it lives (it may be cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A computed body (shared by every response that serves it, never copied), or why there is none.
+type Answer = Arc<Result<Bytes, String>>;
 
 impl Coalesced {
-    async fn get(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        compute: fn(&Arc<Shared>) -> Result<String, String>,
-    ) -> Answer {
+    async fn get(self: &Arc<Self>, shared: &Arc<Shared>, compute: fn(&Arc<Shared>) -> Result<Bytes, String>) -> Answer {
+        // Counted before its arrival time is taken: a computation that starts later sees it.
+        let waiting = Waiting::new(&self.waiting);
         let arrived = Instant::now();
         let turn = self.turn.clone().lock_owned().await;
-        if let Some((started, result)) = &*self.last.lock().unwrap_or_else(|p| p.into_inner())
-            && *started >= arrived
+        drop(waiting);
         {
-            return result.clone();
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((started, result)) = &*last
+                && *started >= arrived
+            {
+                let result = result.clone();
+                if self.waiting.load(Ordering::SeqCst) == 0 {
+                    *last = None;
+                }
+                return result;
+            }
+            // Turns come in arrival order: whoever could share that answer has had it.
+            *last = None;
         }
         let (this, shared) = (self.clone(), shared.clone());
         let job = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             let started = Instant::now();
             let result = Arc::new(compute(&shared));
-            *this.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((started, result.clone()));
+            if this.waiting.load(Ordering::SeqCst) > 0 {
+                *this.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((started, result.clone()));
+            }
             result
         });
         job.await.unwrap_or_else(|e| Arc::new(Err(e.to_string())))
     }
 }
 
-fn metrics_text(shared: &Arc<Shared>) -> Result<String, String> {
-    metrics::scrape(shared.clone()).map_err(|e| e.to_string())
+fn metrics_text(shared: &Arc<Shared>) -> Result<Bytes, String> {
+    metrics::scrape(shared)
+        .map(Bytes::from_owner)
+        .map_err(|e| e.to_string())
 }
 
 /// What the web config says, ready to serve with.
@@ -540,14 +571,14 @@ async fn route(req: Request<Incoming>, site: &Site, server: Arc<Server>) -> Resp
     match req.uri().path() {
         "/metrics" => match &*server.metrics.get(&server.shared, metrics_text).await {
             Ok(text) => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.clone()),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n").into()),
         },
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" if server.shared.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
-        "/api/targets" => match &*server.targets.get(&server.shared, |s| Ok(api::targets_json(s))).await {
+        "/api/targets" => match &*server.targets.get(&server.shared, |s| Ok(api::targets_json(s).into())).await {
             Ok(json) => reply(StatusCode::OK, "application/json", json.clone()),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n").into()),
         },
         "/" => reply(
             StatusCode::OK,
@@ -579,8 +610,8 @@ async fn authenticated(req: &Request<Incoming>, site: &Site, server: &Arc<Server
     .is_ok_and(|v| v == Verdict::Allowed)
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

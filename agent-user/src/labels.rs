@@ -1,5 +1,33 @@
-//! Rendering kernel values as Prometheus label values. Pure functions.
-use std::net::{IpAddr, Ipv6Addr};
+//! Rendering kernel values as Prometheus label values. Pure functions, and [`Interned`], which
+//! resolves each distinct value once.
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    sync::Arc,
+};
+
+use foldhash::HashMap;
+
+/// A resolved label value, shared: every series and target naming the same workload or comm
+/// points at one allocation, and clones cost a reference count.
+pub type Label = Arc<str>;
+
+/// Label values resolved once and reused by every collection: the same comms and errnos recur
+/// on every key of every map, every 250 ms. Bounded by the distinct raw values.
+#[derive(Debug, Default)]
+pub struct Interned {
+    comms: HashMap<[u8; 16], Label>,
+    errnos: HashMap<u16, Label>,
+}
+
+impl Interned {
+    pub fn comm(&mut self, raw: &[u8; 16]) -> Label {
+        self.comms.entry(*raw).or_insert_with(|| comm(raw).into()).clone()
+    }
+
+    pub fn errno(&mut self, e: u16) -> Label {
+        self.errnos.entry(e).or_insert_with(|| errno(e).into()).clone()
+    }
+}
 
 /// Canonical text form of a 16-byte address; IPv4-mapped IPv6 prints as IPv4.
 pub fn addr(bytes: [u8; 16]) -> String {
@@ -109,6 +137,17 @@ mod tests {
         assert_eq!(comm(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
         assert_eq!(comm(&[0; 16]), "unknown");
         assert_eq!(comm(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn interned_values_are_shared() {
+        let mut i = Interned::default();
+        let a = i.comm(b"curl\0\0\0\0\0\0\0\0\0\0\0\0");
+        let b = i.comm(b"curl\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(&*a, "curl");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*i.errno(111), "ECONNREFUSED");
+        assert!(Arc::ptr_eq(&i.errno(9999), &i.errno(9999)));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! refusal-agent: why was that connection refused, and will it fix itself?
 mod analysis;
 mod api;
+mod batch;
 mod btf;
 mod caps;
 mod cli;
 mod collector;
 mod config;
 mod daemon;
+mod exposition;
 mod http;
 mod labels;
 mod listeners;
@@ -44,10 +46,16 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
-    // A scrape at 10,000 series allocates tens of MiB for a moment; glibc's per-thread arenas
-    // would each keep such a peak. Two arenas bound that; scrapes trim after themselves.
+    // glibc's per-thread arenas would each keep their own peak: two arenas bound that. A fixed
+    // mmap threshold keeps the default one from rising to the largest buffer ever freed: the
+    // parsed BTF (tens of MiB, freed after attaching) then goes back to the system instead of
+    // staying as heap, while a collection's buffers (under 2 MiB up to the kernel maps' limits,
+    // allocated 4 times a second) are reused from the heap instead of mapped and faulted in anew.
     // SAFETY: mallopt is safe to call before any thread starts.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 * 1024 * 1024);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {

@@ -1,19 +1,21 @@
-//! Prometheus exposition. [`render`] turns a collected [`Snapshot`] into metric families (pure,
-//! tested without a kernel); [`Exporter`] is the `prometheus` Collector that collects from the
-//! kernel maps at scrape time.
-use std::{collections::BTreeMap, sync::Arc};
-
-use prometheus::{
-    Encoder, TextEncoder,
-    core::{Collector, Desc},
-    proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
+//! Prometheus exposition. [`render`] writes a collected [`Snapshot`] (pure, tested without a
+//! kernel); [`scrape`] collects from the kernel maps and writes everything, once per request.
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use crate::{
-    collector::Snapshot,
+    collector::{CollectError, Snapshot},
     daemon::Shared,
+    exposition::{Kind, Sample, Text},
+    labels::Label,
     loader::{HOOKS, HookReport},
-    series::{OTHER, SeriesCap},
+    series::{OTHER, SeriesCap, Tally},
 };
 
 pub const CONNECT_FAILURES: &str = "refusal_connect_failures_total";
@@ -29,297 +31,335 @@ pub struct AgentInfo {
     pub hooks: Vec<HookReport>,
 }
 
-pub type Samples = BTreeMap<Vec<String>, f64>;
-
-/// One metric family from label values in `label_names` order; gauges unless `counter`.
-pub fn family(name: &str, help: &str, kind: MetricType, label_names: &[&str], samples: Samples) -> MetricFamily {
-    let metrics = samples
-        .into_iter()
-        .map(|(values, v)| {
-            let mut m = Metric::default();
-            m.set_label(
-                label_names
-                    .iter()
-                    .zip(values)
-                    .map(|(n, val)| {
-                        let mut l = LabelPair::default();
-                        l.set_name((*n).to_string());
-                        l.set_value(val);
-                        l
-                    })
-                    .collect(),
-            );
-            if kind == MetricType::COUNTER {
-                let mut c = Counter::default();
-                c.set_value(v);
-                m.set_counter(c);
-            } else {
-                let mut g = Gauge::default();
-                g.set_value(v);
-                m.set_gauge(g);
-            }
-            m
-        })
-        .collect();
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(kind);
-    f.set_metric(metrics);
-    f
+/// A `refusal_connect_failures_total` label set; `None` address and port: folded into `other`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FailureSeries {
+    pub workload: Label,
+    pub comm: Label,
+    pub proto: &'static str,
+    pub dst_addr: Option<IpAddr>,
+    pub dst_port: Option<u16>,
+    pub errno: Label,
 }
 
-/// Adds `count` under `labels`, or under `labels` with the `fold` positions set to `other` once
-/// `metric` holds `max_series` label sets.
-fn add(
-    samples: &mut Samples,
-    series: &mut SeriesCap,
-    metric: &'static str,
-    mut labels: Vec<String>,
-    fold: &[usize],
-    count: u64,
-) {
-    if !series.admit(metric, &labels) {
-        for &i in fold {
-            labels[i] = OTHER.into();
-        }
+/// A `refusal_resets_received_total` label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReceivedSeries {
+    pub workload: Label,
+    pub comm: Label,
+    pub dst_addr: Option<IpAddr>,
+    pub dst_port: Option<u16>,
+    pub state: &'static str,
+}
+
+/// A `refusal_resets_sent_total` label set; `None` workload and comm: folded into `other`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SentSeries {
+    pub workload: Option<Label>,
+    pub comm: Option<Label>,
+    pub reason: Label,
+}
+
+impl FailureSeries {
+    fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
+        l.label("workload", &self.workload)
+            .label("comm", &self.comm)
+            .label("proto", self.proto)
+            .or_other("dst_addr", self.dst_addr)
+            .or_other("dst_port", self.dst_port)
+            .label("errno", &self.errno)
     }
-    *samples.entry(labels).or_default() += count as f64;
 }
 
-fn other() -> String {
-    OTHER.into()
+impl ReceivedSeries {
+    fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
+        l.label("workload", &self.workload)
+            .label("comm", &self.comm)
+            .or_other("dst_addr", self.dst_addr)
+            .or_other("dst_port", self.dst_port)
+            .label("state", self.state)
+    }
 }
 
-pub fn render(snap: &Snapshot, series: &mut SeriesCap, info: &AgentInfo) -> Vec<MetricFamily> {
-    let mut failures = Samples::new();
+impl SentSeries {
+    fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
+        l.label("workload", self.workload.as_deref().unwrap_or(OTHER))
+            .label("comm", self.comm.as_deref().unwrap_or(OTHER))
+            .label("reason", &self.reason)
+    }
+}
+
+fn inbound_labels<'a>(local: &Option<(IpAddr, u16)>, l: Sample<'a>) -> Sample<'a> {
+    l.or_other("local_addr", local.map(|k| k.0))
+        .or_other("local_port", local.map(|k| k.1))
+}
+
+/// Writes the kernel-counted metrics of `snap`, folding label sets past the cap.
+pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
+    let other = Label::from(OTHER);
+
+    let table = &mut series.failures;
+    let mut tally = Tally::default();
+    let labels = FailureSeries::labels;
+    let fold = |s: &FailureSeries| FailureSeries {
+        dst_addr: None,
+        dst_port: None,
+        ..s.clone()
+    };
     for (f, errno) in snap.failures() {
-        let labels = vec![
-            f.workload.clone(),
-            f.comm.clone(),
-            f.proto.into(),
-            f.dst_addr.clone(),
-            f.dst_port.to_string(),
-            errno.into(),
-        ];
-        add(&mut failures, series, CONNECT_FAILURES, labels, &[3, 4], f.count);
+        let s = FailureSeries {
+            workload: f.workload.clone(),
+            comm: f.comm.clone(),
+            proto: f.proto,
+            dst_addr: Some(f.dst_addr),
+            dst_port: Some(f.dst_port),
+            errno: errno.clone(),
+        };
+        tally.add(table.row(s, fold, labels), f.count);
     }
     for ((proto, errno), count) in &snap.overflow.failures {
-        *failures
-            .entry(vec![other(), other(), (*proto).into(), other(), other(), errno.clone()])
-            .or_default() += *count as f64;
+        let s = FailureSeries {
+            workload: other.clone(),
+            comm: other.clone(),
+            proto,
+            dst_addr: None,
+            dst_port: None,
+            errno: errno.clone(),
+        };
+        tally.add(table.fixed(s, labels), *count);
     }
+    out.family(
+        CONNECT_FAILURES,
+        "Outgoing connects that failed, by target and errno (counted in the kernel).",
+        Kind::Counter,
+    );
+    tally.write(out, CONNECT_FAILURES, table);
 
-    let mut received = Samples::new();
+    let table = &mut series.resets_received;
+    let mut tally = Tally::default();
+    let labels = ReceivedSeries::labels;
+    let fold = |s: &ReceivedSeries| ReceivedSeries {
+        dst_addr: None,
+        dst_port: None,
+        ..s.clone()
+    };
     for r in &snap.resets_received {
-        let labels = vec![
-            r.workload.clone(),
-            r.comm.clone(),
-            r.dst_addr.clone(),
-            r.dst_port.to_string(),
-            r.state.into(),
-        ];
-        add(&mut received, series, RESETS_RECEIVED, labels, &[2, 3], r.count);
+        let s = ReceivedSeries {
+            workload: r.workload.clone(),
+            comm: r.comm.clone(),
+            dst_addr: Some(r.dst_addr),
+            dst_port: Some(r.dst_port),
+            state: r.state,
+        };
+        tally.add(table.row(s, fold, labels), r.count);
     }
     for (state, count) in &snap.overflow.resets_received {
-        *received
-            .entry(vec![other(), other(), other(), other(), (*state).into()])
-            .or_default() += *count as f64;
+        let s = ReceivedSeries {
+            workload: other.clone(),
+            comm: other.clone(),
+            dst_addr: None,
+            dst_port: None,
+            state,
+        };
+        tally.add(table.fixed(s, labels), *count);
     }
+    out.family(
+        RESETS_RECEIVED,
+        "RSTs received, by remote end and the TCP state the RST hit.",
+        Kind::Counter,
+    );
+    tally.write(out, RESETS_RECEIVED, table);
 
-    let mut sent = Samples::new();
+    let table = &mut series.resets_sent;
+    let mut tally = Tally::default();
+    let labels = SentSeries::labels;
+    let fold = |s: &SentSeries| SentSeries {
+        workload: None,
+        comm: None,
+        reason: s.reason.clone(),
+    };
     for r in &snap.resets_sent {
-        add(
-            &mut sent,
-            series,
-            RESETS_SENT,
-            vec![r.workload.clone(), r.comm.clone(), r.reason.clone()],
-            &[0, 1],
-            r.count,
-        );
+        let s = SentSeries {
+            workload: Some(r.workload.clone()),
+            comm: Some(r.comm.clone()),
+            reason: r.reason.clone(),
+        };
+        tally.add(table.row(s, fold, labels), r.count);
     }
     for (reason, count) in &snap.overflow.resets_sent {
-        *sent.entry(vec![other(), other(), reason.clone()]).or_default() += *count as f64;
+        let s = SentSeries {
+            workload: None,
+            comm: None,
+            reason: reason.clone(),
+        };
+        tally.add(table.fixed(s, labels), *count);
     }
+    out.family(
+        RESETS_SENT,
+        "RSTs this host's sockets sent, by sk_rst_reason.",
+        Kind::Counter,
+    );
+    tally.write(out, RESETS_SENT, table);
 
-    let mut inbound = Samples::new();
+    let table = &mut series.inbound;
+    let mut tally = Tally::default();
+    let labels = inbound_labels;
     for i in &snap.inbound {
-        add(
-            &mut inbound,
-            series,
-            INBOUND_REFUSED,
-            vec![i.local_addr.clone(), i.local_port.to_string()],
-            // Both: a flood of local addresses must not grow one series per address.
-            &[0, 1],
-            i.count,
-        );
+        // Both address and port fold: a flood of local addresses must not grow one series each.
+        let row = table.row(Some((i.local_addr, i.local_port)), |_| None, labels);
+        tally.add(row, i.count);
     }
     if snap.overflow.inbound > 0 {
-        *inbound.entry(vec![other(), other()]).or_default() += snap.overflow.inbound as f64;
+        tally.add(table.fixed(None, labels), snap.overflow.inbound);
     }
+    out.family(
+        INBOUND_REFUSED,
+        "Inbound connection attempts this host refused (RST, no socket), by local address and port.",
+        Kind::Counter,
+    );
+    tally.write(out, INBOUND_REFUSED, table);
+}
 
-    let mut attached = Samples::new();
+/// Writes the `refusal_agent_*` metrics. Last: the overflow counts include what the other
+/// families folded in this scrape.
+pub fn render_agent(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, out: &mut Text) {
+    out.family(
+        "refusal_agent_build_info",
+        "Agent version and the kernel it runs on.",
+        Kind::Gauge,
+    );
+    out.sample("refusal_agent_build_info")
+        .label("version", info.version)
+        .label("kernel", &info.kernel)
+        .value(1.0);
+
+    let mut attached: BTreeMap<_, bool> = BTreeMap::new();
     for hook in HOOKS {
         let used = info.hooks.iter().find(|h| h.hook == hook.name).and_then(|h| h.mode);
         for (mode, _) in hook.chain {
             // A chain may list a mode twice (inbound: tcp_send_reset, then kfree_skb).
-            let v = attached.entry(vec![hook.name.into(), mode.name().into()]).or_default();
-            *v = v.max(f64::from(u8::from(used == Some(*mode))));
+            let v = attached.entry((hook.name, mode.name())).or_default();
+            *v |= used == Some(*mode);
         }
     }
-    let drops: Samples = snap
-        .drops
-        .iter()
-        .map(|(w, n)| (vec![w.to_string()], *n as f64))
-        .collect();
-    let overflow: Samples = [CONNECT_FAILURES, RESETS_RECEIVED, RESETS_SENT, INBOUND_REFUSED]
-        .into_iter()
-        .map(|m| (m, 0))
-        .chain(series.overflow())
-        .map(|(m, n)| (vec![m.to_string()], n as f64))
-        .collect();
-
-    let run_seconds: Samples = snap
-        .bpf_stats
-        .iter()
-        .map(|(p, ns, _)| (vec![p.clone()], *ns as f64 / 1e9))
-        .collect();
-    let runs: Samples = snap
-        .bpf_stats
-        .iter()
-        .map(|(p, _, n)| (vec![p.clone()], *n as f64))
-        .collect();
-
-    // An empty family is not valid exposition (the encoder refuses it).
-    [
-        family(
-            CONNECT_FAILURES,
-            "Outgoing connects that failed, by target and errno (counted in the kernel).",
-            MetricType::COUNTER,
-            &["workload", "comm", "proto", "dst_addr", "dst_port", "errno"],
-            failures,
-        ),
-        family(
-            RESETS_RECEIVED,
-            "RSTs received, by remote end and the TCP state the RST hit.",
-            MetricType::COUNTER,
-            &["workload", "comm", "dst_addr", "dst_port", "state"],
-            received,
-        ),
-        family(
-            RESETS_SENT,
-            "RSTs this host's sockets sent, by sk_rst_reason.",
-            MetricType::COUNTER,
-            &["workload", "comm", "reason"],
-            sent,
-        ),
-        family(
-            INBOUND_REFUSED,
-            "Inbound connection attempts this host refused (RST, no socket), by local address and port.",
-            MetricType::COUNTER,
-            &["local_addr", "local_port"],
-            inbound,
-        ),
-        family(
-            "refusal_agent_build_info",
-            "Agent version and the kernel it runs on.",
-            MetricType::GAUGE,
-            &["version", "kernel"],
-            Samples::from([(vec![info.version.to_string(), info.kernel.clone()], 1.0)]),
-        ),
-        family(
-            "refusal_agent_probe_attached",
-            "1 for the attach mode each hook uses, 0 for the modes it could use.",
-            MetricType::GAUGE,
-            &["hook", "mode"],
-            attached,
-        ),
-        family(
-            "refusal_agent_events_dropped_total",
-            "Events the agent had to give up, by where (counts themselves are kept).",
-            MetricType::COUNTER,
-            &["where"],
-            drops,
-        ),
-        family(
-            "refusal_agent_bpf_run_seconds_total",
-            "Kernel time spent in each of the agent's programs (while kernel.bpf_stats_enabled=1).",
-            MetricType::COUNTER,
-            &["program"],
-            run_seconds,
-        ),
-        family(
-            "refusal_agent_bpf_runs_total",
-            "Runs of each of the agent's programs (while kernel.bpf_stats_enabled=1).",
-            MetricType::COUNTER,
-            &["program"],
-            runs,
-        ),
-        family(
-            "refusal_agent_http_rejected_connections_total",
-            "HTTP connections closed at once because the connection cap was reached.",
-            MetricType::COUNTER,
-            &[],
-            Samples::from([(vec![], crate::http::rejected_connections() as f64)]),
-        ),
-        family(
-            "refusal_agent_series_overflow_total",
-            "Distinct label sets folded into \"other\" because a metric reached max_series.",
-            MetricType::COUNTER,
-            &["metric"],
-            overflow,
-        ),
-    ]
-    .into_iter()
-    .filter(|f| !f.get_metric().is_empty())
-    .collect()
-}
-
-pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
-    let mut out = Vec::new();
-    TextEncoder::new().encode(families, &mut out)?;
-    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
-}
-
-/// Collects and encodes one scrape, then gives the transient memory back to the system.
-pub fn scrape(shared: Arc<Shared>) -> Result<String, prometheus::Error> {
-    let families = Exporter(shared).collect();
-    let text = encode(&families);
-    drop(families);
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe { libc::malloc_trim(0) };
-    text
-}
-
-/// Collects from the kernel maps on every scrape.
-pub struct Exporter(pub Arc<Shared>);
-
-impl Collector for Exporter {
-    fn desc(&self) -> Vec<&Desc> {
-        Vec::new()
+    out.family(
+        "refusal_agent_probe_attached",
+        "1 for the attach mode each hook uses, 0 for the modes it could use.",
+        Kind::Gauge,
+    );
+    for ((hook, mode), used) in attached {
+        out.sample("refusal_agent_probe_attached")
+            .label("hook", hook)
+            .label("mode", mode)
+            .count(u64::from(used));
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
-        match self.0.snapshot() {
-            Ok(snap) => {
-                let mut series = self.0.series();
-                let mut families = render(&snap, &mut series, &self.0.info);
-                families.extend(self.0.analysis().families(&mut series));
-                families
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "collection failed");
-                Vec::new()
-            }
+    out.family(
+        "refusal_agent_events_dropped_total",
+        "Events the agent had to give up, by where (counts themselves are kept).",
+        Kind::Counter,
+    );
+    for (w, n) in &snap.drops {
+        out.sample("refusal_agent_events_dropped_total")
+            .label("where", w)
+            .count(*n);
+    }
+
+    let mut stats = snap.bpf_stats.clone();
+    stats.sort();
+    out.family(
+        "refusal_agent_bpf_run_seconds_total",
+        "Kernel time spent in each of the agent's programs (while kernel.bpf_stats_enabled=1).",
+        Kind::Counter,
+    );
+    for (program, ns, _) in &stats {
+        out.sample("refusal_agent_bpf_run_seconds_total")
+            .label("program", program)
+            .value(*ns as f64 / 1e9);
+    }
+    out.family(
+        "refusal_agent_bpf_runs_total",
+        "Runs of each of the agent's programs (while kernel.bpf_stats_enabled=1).",
+        Kind::Counter,
+    );
+    for (program, _, runs) in &stats {
+        out.sample("refusal_agent_bpf_runs_total")
+            .label("program", program)
+            .count(*runs);
+    }
+
+    out.family(
+        "refusal_agent_http_rejected_connections_total",
+        "HTTP connections closed at once because the connection cap was reached.",
+        Kind::Counter,
+    );
+    out.sample("refusal_agent_http_rejected_connections_total")
+        .count(crate::http::rejected_connections());
+
+    out.family(
+        "refusal_agent_series_overflow_total",
+        "Distinct label sets folded into \"other\" because a metric reached max_series.",
+        Kind::Counter,
+    );
+    let mut overflow: Vec<_> = series.overflow().collect();
+    overflow.sort();
+    for (metric, n) in overflow {
+        out.sample("refusal_agent_series_overflow_total")
+            .label("metric", metric)
+            .count(n);
+    }
+}
+
+/// Size of the last exposition: a new buffer is made this big from the start, instead of grown
+/// (and copied) from empty.
+static LAST_SIZE: AtomicUsize = AtomicUsize::new(0);
+/// The buffer of the last exposition sent, back for the next one: megabytes at 10,000 series,
+/// allocated and faulted in once rather than on every scrape.
+static SPARE: Mutex<String> = Mutex::new(String::new());
+
+/// A written exposition, handed to the HTTP layer without a copy. Its buffer returns to
+/// [`SPARE`] once the last response sending it is done.
+#[derive(Debug)]
+pub struct Exposition(String);
+
+impl AsRef<[u8]> for Exposition {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Drop for Exposition {
+    fn drop(&mut self) {
+        let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+        // Of two buffers (a scrape while another's answer was still being sent), keep the larger.
+        if self.0.capacity() > spare.capacity() {
+            std::mem::swap(&mut *spare, &mut self.0);
+            spare.clear();
         }
     }
+}
+
+/// Collects from the kernel maps and writes the whole exposition.
+pub fn scrape(shared: &Shared) -> Result<Exposition, CollectError> {
+    let snap = shared.snapshot()?;
+    let mut buffer = std::mem::take(&mut *SPARE.lock().unwrap_or_else(|p| p.into_inner()));
+    let last = LAST_SIZE.load(Ordering::Relaxed);
+    buffer.reserve(last + last / 16);
+    let mut out = Text::new(buffer);
+    let mut series = shared.series();
+    render(&snap, &mut series, &mut out);
+    shared.analysis().render(&mut series, &mut out);
+    render_agent(&snap, &series, &shared.info, &mut out);
+    let text = out.finish();
+    LAST_SIZE.store(text.len(), Ordering::Relaxed);
+    Ok(Exposition(text))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        collector::{Outcome, Overflow},
+        collector::{Inbound, Outcome, Overflow, ResetReceived, ResetSent},
         config::AttachMode,
     };
 
@@ -329,7 +369,7 @@ mod tests {
             workload: "/".into(),
             comm: "curl".into(),
             proto: "tcp",
-            dst_addr: addr.into(),
+            dst_addr: addr.parse().unwrap(),
             dst_port: port,
             errno: Some("ECONNREFUSED".into()),
             count,
@@ -356,49 +396,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renders_failures_with_design_labels() {
-        let success = Outcome {
-            errno: None,
-            ..failure("127.0.0.1", 9, 3)
-        };
-        let snap = Snapshot {
-            outcomes: vec![failure("127.0.0.1", 9, 500), success],
-            ..Default::default()
-        };
-        let text = encode(&render(&snap, &mut SeriesCap::new(10), &info())).unwrap();
-        assert!(
-            text.contains(
-                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"127.0.0.1\",dst_port=\"9\",errno=\"ECONNREFUSED\"} 500\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("refusal_agent_probe_attached{hook=\"state\",mode=\"tp_btf\"} 1\n"));
-        assert!(text.contains("refusal_agent_probe_attached{hook=\"connect\",mode=\"fentry\"} 0\n"));
-        assert!(text.contains("refusal_agent_build_info{version=\"0.1.0\",kernel=\"6.18.0\"} 1\n"));
-        // Successes feed verdicts only; the failure counter holds exactly the failures.
-        assert_eq!(text.matches("refusal_connect_failures_total{").count(), 1, "{text}");
+    fn text(snap: &Snapshot, series: &mut SeriesCap) -> String {
+        let mut out = Text::default();
+        render(snap, series, &mut out);
+        render_agent(snap, series, &info(), &mut out);
+        out.finish()
     }
 
     #[test]
-    fn renders_resets_and_inbound_and_their_overflow() {
+    fn renders_exactly() {
         let snap = Snapshot {
-            resets_received: vec![crate::collector::ResetReceived {
+            outcomes: vec![
+                failure("10.0.0.7", 80, 3),
+                // The same label set from another cgroup: one series, summed.
+                Outcome {
+                    cgroup_id: 2,
+                    ..failure("10.0.0.7", 80, 2)
+                },
+                Outcome {
+                    comm: "a\"b\\c\nd".into(),
+                    ..failure("10.0.0.8", 443, 1)
+                },
+                // Successes feed verdicts only.
+                Outcome {
+                    errno: None,
+                    ..failure("10.0.0.7", 80, 9)
+                },
+            ],
+            resets_received: vec![ResetReceived {
                 workload: "/".into(),
                 comm: "unknown".into(),
-                dst_addr: "::1".into(),
+                dst_addr: "::1".parse().unwrap(),
                 dst_port: 80,
                 state: "established",
                 count: 2,
             }],
-            resets_sent: vec![crate::collector::ResetSent {
-                workload: "/".into(),
+            resets_sent: vec![ResetSent {
+                workload: "service:srv.service".into(),
                 comm: "srv".into(),
                 reason: "tcp_abort_on_linger".into(),
                 count: 4,
             }],
-            inbound: vec![crate::collector::Inbound {
-                local_addr: "10.0.0.1".into(),
+            inbound: vec![Inbound {
+                local_addr: "10.0.0.1".parse().unwrap(),
                 local_port: 8080,
                 count: 9,
             }],
@@ -406,19 +446,42 @@ mod tests {
                 inbound: 5,
                 ..Default::default()
             },
+            drops: vec![("owner_map_full", 0)],
             ..Default::default()
         };
-        let text = encode(&render(&snap, &mut SeriesCap::new(10), &info())).unwrap();
+        let expected = r#"# HELP refusal_connect_failures_total Outgoing connects that failed, by target and errno (counted in the kernel).
+# TYPE refusal_connect_failures_total counter
+refusal_connect_failures_total{workload="/",comm="curl",proto="tcp",dst_addr="10.0.0.7",dst_port="80",errno="ECONNREFUSED"} 5
+refusal_connect_failures_total{workload="/",comm="a\"b\\c\nd",proto="tcp",dst_addr="10.0.0.8",dst_port="443",errno="ECONNREFUSED"} 1
+# HELP refusal_resets_received_total RSTs received, by remote end and the TCP state the RST hit.
+# TYPE refusal_resets_received_total counter
+refusal_resets_received_total{workload="/",comm="unknown",dst_addr="::1",dst_port="80",state="established"} 2
+# HELP refusal_resets_sent_total RSTs this host's sockets sent, by sk_rst_reason.
+# TYPE refusal_resets_sent_total counter
+refusal_resets_sent_total{workload="service:srv.service",comm="srv",reason="tcp_abort_on_linger"} 4
+# HELP refusal_inbound_refused_total Inbound connection attempts this host refused (RST, no socket), by local address and port.
+# TYPE refusal_inbound_refused_total counter
+refusal_inbound_refused_total{local_addr="10.0.0.1",local_port="8080"} 9
+refusal_inbound_refused_total{local_addr="other",local_port="other"} 5
+# HELP refusal_agent_build_info Agent version and the kernel it runs on.
+# TYPE refusal_agent_build_info gauge
+refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
+"#;
+        let text = text(&snap, &mut SeriesCap::new(10));
+        assert!(text.starts_with(expected), "{text}");
         for line in [
-            "refusal_resets_received_total{workload=\"/\",comm=\"unknown\",dst_addr=\"::1\",dst_port=\"80\",state=\"established\"} 2\n",
-            "refusal_resets_sent_total{workload=\"/\",comm=\"srv\",reason=\"tcp_abort_on_linger\"} 4\n",
-            "refusal_inbound_refused_total{local_addr=\"10.0.0.1\",local_port=\"8080\"} 9\n",
-            "refusal_inbound_refused_total{local_addr=\"other\",local_port=\"other\"} 5\n",
+            "refusal_agent_probe_attached{hook=\"state\",mode=\"tp_btf\"} 1\n",
+            "refusal_agent_probe_attached{hook=\"connect\",mode=\"fentry\"} 0\n",
             // inbound lists tp_btf twice (tcp_send_reset, kfree_skb): one series, not attached here.
             "refusal_agent_probe_attached{hook=\"inbound\",mode=\"tp_btf\"} 0\n",
+            "refusal_agent_events_dropped_total{where=\"owner_map_full\"} 0\n",
+            "refusal_agent_http_rejected_connections_total 0\n",
+            "refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 0\n",
         ] {
-            assert!(text.contains(line), "{line}\n{text}");
+            assert_eq!(text.matches(line).count(), 1, "{line}\n{text}");
         }
+        // No bpf stats: those families are left out, not written empty.
+        assert!(!text.contains("refusal_agent_bpf_runs_total"), "{text}");
     }
 
     #[test]
@@ -426,22 +489,33 @@ mod tests {
         let snap = Snapshot {
             outcomes: (0..5).map(|i| failure(&format!("10.0.0.{i}"), 80, 10 + i)).collect(),
             overflow: Overflow {
-                failures: [(("tcp", "ECONNREFUSED".to_string()), 7)].into_iter().collect(),
+                failures: [(("tcp", Label::from("ECONNREFUSED")), 7)].into_iter().collect(),
                 ..Default::default()
             },
             ..Default::default()
         };
         let mut cap = SeriesCap::new(2);
-        let fams = render(&snap, &mut cap, &info());
-        let failures = &fams[0];
+        let text = text(&snap, &mut cap);
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("refusal_connect_failures_total{"))
+            .collect();
         // 2 admitted, the 3 folded ones under dst_addr="other", and the kernel's overflow slot.
-        assert_eq!(failures.get_metric().len(), 4);
-        let total: f64 = failures.get_metric().iter().map(|m| m.get_counter().get_value()).sum();
-        assert_eq!(total, (10 + 11 + 12 + 13 + 14 + 7) as f64);
-        let text = encode(&fams).unwrap();
+        assert_eq!(
+            failures,
+            [
+                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.0\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 10",
+                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.1\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 11",
+                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 39",
+                "refusal_connect_failures_total{workload=\"other\",comm=\"other\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 7",
+            ]
+        );
         assert!(
             text.contains("refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 3\n"),
             "{text}"
         );
+        // The same label sets again: admitted ones stay admitted, folded ones are not counted twice.
+        let again = super::tests::text(&snap, &mut cap);
+        assert_eq!(again, text);
     }
 }

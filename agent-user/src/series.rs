@@ -1,43 +1,182 @@
-//! Per-metric series cap. Label sets are admitted first come, first served up to the cap; later
-//! ones fold into `other` so a port scan cannot blow up memory or scrape size, while the
-//! folded counts still add up to the exact totals. Pure.
-use std::collections::{BTreeMap, HashSet};
+//! Per-metric series. Label sets are admitted first come, first served up to the cap; later
+//! ones fold into `other` so a port scan cannot blow up memory or scrape size, while the folded
+//! counts still add up to the exact totals. Each series' label text is written once, when it
+//! first appears, and reused by every scrape after: at 10,000 series, formatting and sorting
+//! them anew cost more than the rest of a scrape. Pure.
+use std::{hash::Hash, net::IpAddr};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use crate::{
+    exposition::{Sample, Text},
+    metrics::{
+        CONNECT_FAILURES, FailureSeries, INBOUND_REFUSED, RESETS_RECEIVED, RESETS_SENT, ReceivedSeries, SentSeries,
+    },
+};
 
 pub const OTHER: &str = "other";
 
+/// The series of one metric, as rows: the admitted label sets, and the `other` sets past the cap.
+#[derive(Debug)]
+pub struct Table<S> {
+    cap: usize,
+    rows: HashMap<S, u32>,
+    admitted: usize,
+    /// Distinct label sets folded so far: `refusal_agent_series_overflow_total`.
+    folded: HashSet<S>,
+    /// Every row's label text, one after another; row `i` ends at `ends[i]`.
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl<S: Hash + Eq> Table<S> {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            rows: HashMap::new(),
+            admitted: 0,
+            folded: HashSet::new(),
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// The row of label set `series`; once the cap is reached, of `fold(series)` for a new one.
+    /// `labels` writes a new row's labels.
+    pub fn row(
+        &mut self,
+        series: S,
+        fold: impl FnOnce(&S) -> S,
+        labels: impl for<'a> FnOnce(&S, Sample<'a>) -> Sample<'a>,
+    ) -> usize {
+        if let Some(&row) = self.rows.get(&series) {
+            return row as usize;
+        }
+        if self.admitted < self.cap {
+            self.admitted += 1;
+            return self.insert(series, labels);
+        }
+        let other = fold(&series);
+        self.folded.insert(series);
+        self.fixed(other, labels)
+    }
+
+    /// The row of a label set outside the cap: an `other` row, or the kernel's own overflow.
+    pub fn fixed(&mut self, series: S, labels: impl for<'a> FnOnce(&S, Sample<'a>) -> Sample<'a>) -> usize {
+        match self.rows.get(&series) {
+            Some(&row) => row as usize,
+            None => self.insert(series, labels),
+        }
+    }
+
+    fn insert(&mut self, series: S, labels: impl for<'a> FnOnce(&S, Sample<'a>) -> Sample<'a>) -> usize {
+        labels(&series, Sample::labels(&mut self.text));
+        let row = self.ends.len();
+        self.ends.push(self.text.len());
+        self.rows.insert(series, row as u32);
+        row
+    }
+
+    /// Row `row`'s labels, for [`Sample::cached`].
+    pub fn labels(&self, row: usize) -> &str {
+        let start = row.checked_sub(1).map_or(0, |r| self.ends[r]);
+        &self.text[start..self.ends[row]]
+    }
+
+    pub fn folded(&self) -> u64 {
+        self.folded.len() as u64
+    }
+}
+
+/// One scrape's values by row; rows nothing fed are left out.
+#[derive(Debug, Default)]
+pub struct Tally(Vec<Option<u64>>);
+
+impl Tally {
+    pub fn add(&mut self, row: usize, n: u64) {
+        if row >= self.0.len() {
+            self.0.resize(row + 1, None);
+        }
+        *self.0[row].get_or_insert(0) += n;
+    }
+
+    /// `(row, value)` in row order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.0.iter().enumerate().filter_map(|(row, v)| Some((row, (*v)?)))
+    }
+
+    /// A sample of `name` per row fed, with the row's labels from `table`.
+    pub fn write<S: Hash + Eq>(&self, out: &mut Text, name: &str, table: &Table<S>) {
+        for (row, n) in self.iter() {
+            out.sample(name).cached(table.labels(row)).count(n);
+        }
+    }
+}
+
+/// A target's labels in a capped metric: its own, or its workload and comm with the address and
+/// port folded into `other` (`dst` `None`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetSeries {
+    pub workload: crate::labels::Label,
+    pub comm: crate::labels::Label,
+    pub dst: Option<(IpAddr, u16)>,
+}
+
+impl TargetSeries {
+    pub fn folded(&self) -> Self {
+        TargetSeries {
+            dst: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn labels<'a>(&self, s: Sample<'a>) -> Sample<'a> {
+        s.label("workload", &self.workload)
+            .label("comm", &self.comm)
+            .or_other("dst_addr", self.dst.map(|d| d.0))
+            .or_other("dst_port", self.dst.map(|d| d.1))
+    }
+}
+
+/// Every capped metric's series.
 #[derive(Debug)]
 pub struct SeriesCap {
-    cap: usize,
-    admitted: BTreeMap<&'static str, HashSet<Vec<String>>>,
-    /// Distinct label sets folded so far, per metric: `refusal_agent_series_overflow_total`.
-    folded: BTreeMap<&'static str, HashSet<Vec<String>>>,
+    pub failures: Table<FailureSeries>,
+    pub resets_received: Table<ReceivedSeries>,
+    pub resets_sent: Table<SentSeries>,
+    /// `None`: local address and port both folded.
+    pub inbound: Table<Option<(IpAddr, u16)>>,
+    pub target_state: Table<TargetSeries>,
+    pub episodes: Table<(TargetSeries, &'static str)>,
 }
 
 impl SeriesCap {
     pub fn new(cap: usize) -> Self {
         Self {
-            cap,
-            admitted: BTreeMap::new(),
-            folded: BTreeMap::new(),
+            failures: Table::new(cap),
+            resets_received: Table::new(cap),
+            resets_sent: Table::new(cap),
+            inbound: Table::new(cap),
+            target_state: Table::new(cap),
+            episodes: Table::new(cap),
         }
     }
 
-    /// Whether `labels` keeps its own series in `metric`; false means fold it into `other`.
-    pub fn admit(&mut self, metric: &'static str, labels: &[String]) -> bool {
-        let admitted = self.admitted.entry(metric).or_default();
-        if admitted.contains(labels) {
-            return true;
-        }
-        if admitted.len() < self.cap {
-            admitted.insert(labels.to_vec());
-            return true;
-        }
-        self.folded.entry(metric).or_default().insert(labels.to_vec());
-        false
-    }
-
-    pub fn overflow(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        self.folded.iter().map(|(m, s)| (*m, s.len() as u64))
+    /// Folded label sets per metric: the kernel-counted metrics always, the others once they fold.
+    pub fn overflow(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let always = [
+            (CONNECT_FAILURES, self.failures.folded()),
+            (RESETS_RECEIVED, self.resets_received.folded()),
+            (RESETS_SENT, self.resets_sent.folded()),
+            (INBOUND_REFUSED, self.inbound.folded()),
+        ];
+        let once_folded = [
+            ("refusal_target_state", self.target_state.folded()),
+            ("refusal_episodes_total", self.episodes.folded()),
+        ];
+        always
+            .into_iter()
+            .chain(once_folded.into_iter().filter(|(_, n)| *n > 0))
     }
 }
 
@@ -47,36 +186,62 @@ mod tests {
 
     use super::*;
 
-    fn l(s: &str) -> Vec<String> {
-        vec![s.to_string()]
+    fn row(t: &mut Table<Option<u16>>, v: u16) -> usize {
+        t.row(Some(v), |_| None, |s, l| l.or_other("v", *s))
     }
 
     #[test]
     fn admits_up_to_cap_then_folds_and_counts_distinct_sets() {
-        let mut c = SeriesCap::new(2);
-        assert!(c.admit("m", &l("a")));
-        assert!(c.admit("m", &l("b")));
-        assert!(c.admit("m", &l("a")));
-        assert!(!c.admit("m", &l("c")));
-        assert!(!c.admit("m", &l("c")));
-        assert!(!c.admit("m", &l("d")));
-        assert!(c.admit("other_metric", &l("c")));
-        assert_eq!(c.overflow().collect::<Vec<_>>(), vec![("m", 2)]);
+        let mut t = Table::new(2);
+        assert_eq!(row(&mut t, 7), 0);
+        assert_eq!(row(&mut t, 8), 1);
+        assert_eq!(row(&mut t, 7), 0);
+        // Past the cap: all into one `other` row, each distinct set counted once.
+        assert_eq!(row(&mut t, 9), 2);
+        assert_eq!(row(&mut t, 9), 2);
+        assert_eq!(row(&mut t, 10), 2);
+        assert_eq!(t.folded(), 2);
+        assert_eq!(
+            [t.labels(0), t.labels(1), t.labels(2)],
+            ["{v=\"7\"", "{v=\"8\"", "{v=\"other\""]
+        );
+        let mut s = SeriesCap::new(1);
+        s.inbound.row(Some(("::1".parse().unwrap(), 80)), |_| None, |_, l| l);
+        s.inbound.row(Some(("::1".parse().unwrap(), 81)), |_| None, |_, l| l);
+        assert_eq!(
+            s.overflow().collect::<Vec<_>>(),
+            [
+                (CONNECT_FAILURES, 0),
+                (RESETS_RECEIVED, 0),
+                (RESETS_SENT, 0),
+                (INBOUND_REFUSED, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn tallies_sum_by_row_and_skip_unfed_rows() {
+        let mut t = Tally::default();
+        t.add(2, 5);
+        t.add(0, 1);
+        t.add(2, 3);
+        assert_eq!(t.iter().collect::<Vec<_>>(), [(0, 1), (2, 8)]);
     }
 
     proptest! {
         #[test]
-        fn never_more_than_cap_admitted(cap in 1usize..20, sets in proptest::collection::vec(0u32..100, 0..200)) {
-            let mut c = SeriesCap::new(cap);
-            let mut admitted = HashSet::new();
+        fn never_more_than_cap_admitted(cap in 1usize..20, sets in proptest::collection::vec(0u16..100, 0..200)) {
+            let mut t = Table::new(cap);
+            let mut own = std::collections::HashSet::new();
             for s in &sets {
-                if c.admit("m", &l(&s.to_string())) {
-                    admitted.insert(*s);
+                let r = row(&mut t, *s);
+                if t.labels(r) != "{v=\"other\"" {
+                    own.insert(*s);
                 }
             }
-            let distinct: HashSet<_> = sets.iter().collect();
-            prop_assert!(admitted.len() <= cap);
-            prop_assert_eq!(admitted.len() + c.overflow().map(|(_, n)| n as usize).sum::<usize>(), distinct.len());
+            let distinct: std::collections::HashSet<_> = sets.iter().collect();
+            prop_assert!(own.len() <= cap);
+            prop_assert_eq!(own.len() + t.folded() as usize, distinct.len());
         }
     }
 }
