@@ -164,6 +164,11 @@ pub struct Event {
     pub _pad: u32,
 }
 
+/// The `sk_rst_reason` counted for resets on kernels before 6.10, whose `tcp_send_reset` gives no
+/// reason: `SK_RST_REASON_NOT_SPECIFIED` where that enum exists (user space labels it the same
+/// where it does not).
+pub const RST_REASON_NOT_SPECIFIED: u32 = 0;
+
 pub mod event_kind {
     pub const CONNECT_FAILED: u8 = 1;
     pub const RESET_RECEIVED: u8 = 2;
@@ -184,11 +189,22 @@ pub struct Offsets {
     pub sk_protocol: u32,
     pub sk_err: u32,
     pub skc_state: u32,
+    /// `tcp_sock.tcp_clock_cache`: `ktime_get_ns()` when TCP last looked at the clock for this
+    /// socket (on the segment that ended the connect), so a TCP outcome's time costs no clock
+    /// read; 0 where the field is missing.
+    pub tcp_clock_cache: u32,
     /// `sock.sk_cgrp_data.cgroup → cgroup.kn → kernfs_node.id`: the socket's cgroup v2 id.
     pub sk_cgrp_data: u32,
     pub sock_cgroup_data_cgroup: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `task_struct.comm`, `.tgid` and `.cgroups → css_set.dfl_cgrp` (then `cgroup.kn →
+    /// kernfs_node.id`): the connecting task read through its BTF pointer, with no helper
+    /// calls; 0 where missing (the helpers then).
+    pub task_comm: u32,
+    pub task_tgid: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,

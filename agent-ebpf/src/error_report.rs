@@ -6,26 +6,31 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::{maps, owner, sock};
+use crate::{
+    maps, owner,
+    sock::{self, Btf, Mem},
+};
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_error_report(ctx.arg(0)))
+    maps::run(|| on_error_report::<Btf>(ctx.arg(0)))
 }
 
 #[inline(always)]
-fn on_error_report(sk: *const u8) -> Result<u32, u32> {
-    if sock::protocol(sk) != u16::from(proto::UDP) {
+fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
+    if sock::protocol::<M>(sk) != u16::from(proto::UDP) {
         return Ok(0);
     }
-    let err: i32 = sock::read(sk, sock::off!(sk_err))?;
-    let (daddr, dport) = sock::peer(sk)?;
+    let err: i32 = M::get(sk, sock::off!(sk_err))?;
+    let (daddr, dport) = sock::peer::<M>(sk)?;
     // ICMP for an unconnected socket (IP_RECVERR) has no destination to attribute it to.
     if err <= 0 || dport == 0 {
         return Ok(0);
     }
     // Loopback and veth deliver the ICMP error in the sending task's context.
-    maps::connect_outcome(&owner::of_socket(sk, true), proto::UDP, daddr, dport, err as u16);
+    let mut scratch = core::mem::MaybeUninit::uninit();
+    let o = owner::of_socket::<M>(sk, true, &mut scratch);
+    maps::connect_outcome(o, proto::UDP, daddr, dport, err as u16, maps::now());
     Ok(0)
 }
 
@@ -50,14 +55,22 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     let daddr = unsafe {
         if read(sock::off!(tp.error_report_family))? == 2 {
             sock::mapped(
-                ctx.read_at(sock::off!(tp.error_report_daddr) as usize)
+                ctx.read_at::<u32>(sock::off!(tp.error_report_daddr) as usize)
                     .map_err(|_| 0u32)?,
             )
         } else {
-            ctx.read_at(sock::off!(tp.error_report_daddr_v6) as usize)
+            ctx.read_at::<sock::Addr>(sock::off!(tp.error_report_daddr_v6) as usize)
                 .map_err(|_| 0u32)?
         }
     };
-    maps::connect_outcome(&owner::current(), proto::UDP, daddr, dport, err as u16);
+    let mut o = core::mem::MaybeUninit::uninit();
+    maps::connect_outcome(
+        owner::current(&mut o),
+        proto::UDP,
+        daddr,
+        dport,
+        err as u16,
+        maps::now(),
+    );
     Ok(0)
 }

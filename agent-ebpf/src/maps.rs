@@ -1,13 +1,15 @@
 use agent_common::{Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, proto};
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
-/// Connects in flight and client connections alive: socket address → who started it.
-/// Deleted when the socket closes.
+use crate::sock::{self, Addr};
+
+/// Connects in flight and client connections alive: socket address → who started it, for the
+/// sockets whose slot in `owner::SLOTS` another socket holds. Deleted when the socket closes.
 #[map(name = "OWNERS")]
 pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
 
@@ -38,6 +40,20 @@ pub static OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(overflow::
 /// What the kernel side had to give up, by [`Drop`].
 #[map(name = "DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
+
+/// Per-CPU working space of one program run.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    /// The jiffy of this CPU's last clock read and what it read: see [`tick_ns`].
+    jiffies: u64,
+    ns: u64,
+    /// See [`address`].
+    addr: u64,
+}
+
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Runtime switches written by user space once it knows which attach modes won, indexed by
 /// [`agent_common::config`].
@@ -71,6 +87,44 @@ pub fn counting() -> bool {
     config(agent_common::config::GENERATION) == unsafe { core::ptr::read_volatile(&GENERATION) }
 }
 
+/// Copies a task name between the 8-aligned `comm` fields of owners and keys as two words:
+/// assigned as a byte array (or as a word array) it is moved with a call to a byte-wise
+/// `memmove`. Volatile, so the loads and stores are not merged back into one.
+#[inline(always)]
+pub fn copy_comm(dst: &mut [u8; agent_common::COMM_LEN], src: &[u8; agent_common::COMM_LEN]) {
+    let (d, s) = (dst.as_mut_ptr().cast::<u64>(), src.as_ptr().cast::<u64>());
+    // SAFETY: every `comm` sits at an 8-aligned offset of an 8-aligned struct.
+    unsafe {
+        d.write_volatile(s.read_volatile());
+        d.add(1).write_volatile(s.add(1).read_volatile());
+    }
+}
+
+/// Zeroes `v` in place (a key or an owner) a word at a time: `[0; N]`, `mem::zeroed()` and
+/// runs of zero stores become calls to a byte-wise `memset` on this target. Volatile, so the
+/// stores are not merged back into one; in place, since a moved value may be copied bytewise.
+#[inline(always)]
+pub fn zero<T: Copy>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    match core::mem::align_of::<T>() {
+        8.. => fill::<T, u64>(v),
+        4 => fill::<T, u32>(v),
+        2 => fill::<T, u16>(v),
+        _ => fill::<T, u8>(v),
+    }
+    // SAFETY: every byte written; plain data, all zeros is valid.
+    unsafe { v.assume_init_mut() }
+}
+
+#[inline(always)]
+fn fill<T, W: Default>(v: &mut core::mem::MaybeUninit<T>) {
+    const { assert!(core::mem::size_of::<T>() % core::mem::size_of::<W>() == 0) };
+    let words = v.as_mut_ptr().cast::<W>();
+    for i in 0..core::mem::size_of::<T>() / core::mem::size_of::<W>() {
+        // SAFETY: inside `v`; `W` is no more aligned than `T`.
+        unsafe { words.add(i).write_volatile(W::default()) };
+    }
+}
+
 /// The body of every entry point: the benchmarks' empty variant returns before `body` runs;
 /// `Err` carries the return value of an early exit.
 #[inline(always)]
@@ -81,6 +135,49 @@ pub fn run(body: impl FnOnce() -> Result<u32, u32>) -> u32 {
     }
     match body() {
         Ok(v) | Err(v) => v,
+    }
+}
+
+/// `bpf_ktime_get_ns()`: for rare events only, see [`tick_ns`].
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper callable from any tracing program.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// `bpf_ktime_get_ns()` to within a jiffy, read at most once a jiffy per CPU: a clock read
+/// costs hundreds of ns on virtual machines whose TSC reads trap (these machines), a jiffies
+/// read nothing. For times that a tick of error does not hurt.
+#[inline(always)]
+pub fn tick_ns() -> u64 {
+    // SAFETY: helpers callable from any tracing program.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; a program interleaving on this CPU at worst stores a time a
+    // tick off.
+    unsafe {
+        if (*s).jiffies != jiffies {
+            (*s).jiffies = jiffies;
+            (*s).ns = now();
+        }
+        (*s).ns
+    }
+}
+
+/// The address `p` holds, as a number. A BTF pointer allows no arithmetic but adding an
+/// offset; stored into a map value and read back (privileged programs may), it is a plain
+/// number to the verifier. Volatile: the round trip must happen.
+#[inline(always)]
+pub fn address(p: *const u8) -> u64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, written and read back at once.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*s).addr), p as u64);
+        core::ptr::read_volatile(core::ptr::addr_of!((*s).addr))
     }
 }
 
@@ -136,12 +233,10 @@ fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
     }
 }
 
-/// Counts one connect outcome for `key`; failures that find the map full are still counted,
-/// in the per-errno overflow slots.
+/// Counts one connect outcome for `key` at `now`; failures that find the map full are still
+/// counted, in the per-errno overflow slots.
 #[inline(always)]
-fn count_target(key: &TargetKey) {
-    // SAFETY: helper callable from any tracing program.
-    let now = unsafe { bpf_ktime_get_ns() };
+fn count_target(key: &TargetKey, now: u64) {
     let init = Counter { count: 1, last_ns: now };
     if key.errno != 0 {
         watch(key.dport);
@@ -168,27 +263,32 @@ fn watch(port: u16) {
         let _ = WATCH.insert(port, 1, 0);
     }
     if let Some(on) = CONFIG.get_ptr_mut(agent_common::config::WATCHING) {
-        // SAFETY: a u32 in an array map; a racing store writes the same value.
-        unsafe { *on = 1 };
+        // SAFETY: a u32 in an array map; a racing store writes the same value. Stored only
+        // when it changes: every program on every CPU reads this cache line.
+        unsafe {
+            if *on == 0 {
+                *on = 1
+            }
+        };
     }
 }
 
-/// A connect outcome: counted per target (errno 0 is a success to a watched port), and every
-/// failure also streamed for `trace`.
+/// A connect outcome at `at_ns` (`CLOCK_MONOTONIC`): counted per target (errno 0 is a success
+/// to a watched port), and every failure also streamed for `trace`.
 #[inline(always)]
-pub fn connect_outcome(o: &Owner, proto: u8, daddr: [u8; 16], dport: u16, errno: u16) {
+pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16, at_ns: u64) {
     if !counting() {
         return;
     }
-    count_target(&TargetKey {
-        cgroup_id: o.cgroup_id,
-        daddr,
-        comm: o.comm,
-        dport,
-        errno,
-        proto,
-        _pad: [0; 3],
-    });
+    let mut key = core::mem::MaybeUninit::uninit();
+    let key: &mut TargetKey = zero(&mut key);
+    key.cgroup_id = o.cgroup_id;
+    key.daddr = sock::bytes(daddr);
+    copy_comm(&mut key.comm, &o.comm);
+    key.dport = dport;
+    key.errno = errno;
+    key.proto = proto;
+    count_target(key, at_ns);
     if errno != 0 {
         emit(|| Event {
             cgroup_id: o.cgroup_id,
@@ -197,7 +297,7 @@ pub fn connect_outcome(o: &Owner, proto: u8, daddr: [u8; 16], dport: u16, errno:
             proto,
             code: errno,
             comm: o.comm,
-            daddr,
+            daddr: sock::bytes(daddr),
             dport,
             ..Event::default()
         });
@@ -230,8 +330,7 @@ pub fn emit(event: impl FnOnce() -> Event) {
         return;
     }
     let mut ev = event();
-    // SAFETY: helper callable from any tracing program.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.ts_ns = now();
     if EVENTS.output::<Event>(&ev, BPF_RB_NO_WAKEUP.into()).is_err() {
         drop(Drop::TraceRingFull);
     }

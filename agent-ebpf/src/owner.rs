@@ -1,30 +1,146 @@
 //! Who a socket belongs to. Recorded in process context when a connect starts; RSTs and ICMP
 //! errors arrive in softirq where the current task is unrelated, so later events look the
-//! owner up by socket.
+//! owner up by socket: in [`SLOTS`], else in `OWNERS`.
+use core::{
+    mem::MaybeUninit,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
 use agent_common::{COMM_LEN, Drop, Owner, config};
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf, generated::bpf_get_current_comm,
+    },
+    macros::map,
+    maps::Array,
+};
 
 use crate::{
     maps::{self, OWNERS},
-    sock,
+    sock::{self, Btf, Mem},
 };
 
+/// The owner of a socket no connect of ours recorded, as far as the connect path knows.
+pub const NOBODY: Owner = Owner {
+    cgroup_id: 0,
+    start_ns: 0,
+    tgid: 0,
+    _pad: 0,
+    comm: [0; COMM_LEN],
+};
+
+/// A slot of [`SLOTS`]: the socket it holds (0: free) and its owner.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot {
+    sk: u64,
+    owner: Owner,
+    /// Owners in `OWNERS` of sockets whose slot this is: while 0, a socket that is not in
+    /// the slot has no owner, with no hash lookup. Atomic: sockets of one slot may close on
+    /// several CPUs at once. User space expiring entries leaves it higher than the truth,
+    /// which only costs lookups.
+    spilled: u64,
+}
+
 #[inline(always)]
-pub fn current() -> Owner {
-    Owner {
-        // SAFETY: helpers callable from any tracing program.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+fn spilled(s: &mut Slot) -> &AtomicU64 {
+    // SAFETY: an aligned u64 in a map value, only ever accessed atomically.
+    unsafe { AtomicU64::from_ptr(&mut s.spilled) }
+}
+
+const SLOT_BITS: u32 = 15;
+
+/// Owners by socket, direct-mapped: one slot per hash of the socket's address. An array
+/// lookup is a few inlined instructions where a hash map's insert, lookup and delete each
+/// cost a helper call, a bucket lock and a free list; a socket whose slot another live socket
+/// holds goes to `OWNERS` instead. Kernel-side only: user space expires `OWNERS` entries, and
+/// a slot older than that is taken over here.
+#[map(name = "OWNER_SLOTS")]
+static SLOTS: Array<Slot> = Array::with_max_entries(1 << SLOT_BITS, 0);
+
+/// A slot whose owner is older than this belongs to a socket whose close was never seen (user
+/// space gives `OWNERS` entries as long).
+const SLOT_MAX_AGE_NS: u64 = 6 * 3600 * 1_000_000_000;
+
+#[inline(always)]
+fn slot(sk: *const u8) -> Option<&'static mut Slot> {
+    // Fibonacci hashing: sockets are slab objects a fixed stride apart.
+    let i = (maps::address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
+    // SAFETY: a slot of an array map; concurrent writers are sockets of the same slot at the
+    // same instant, which at worst lose one owner (counted without its process).
+    SLOTS.get_ptr_mut(i).map(|s| unsafe { &mut *s })
+}
+
+/// Writes the current task into `o`, every byte.
+#[inline(always)]
+fn fill_current(o: &mut Owner, start_ns: u64) {
+    o.start_ns = start_ns;
+    o._pad = 0;
+    let words = o.comm.as_mut_ptr().cast::<[u64; 2]>();
+    let (comm, tgid, cgroups, dfl_cgrp) = (
+        sock::off!(task_comm),
+        sock::off!(task_tgid),
+        sock::off!(task_cgroups),
+        sock::off!(css_set_dfl_cgrp),
+    );
+    if comm != 0 && tgid != 0 && cgroups != 0 && dfl_cgrp != 0 {
+        // Plain loads through the task's BTF pointer where `bpf_get_current_comm` scans and
+        // copies the name byte by byte: `task->comm` is NUL-padded (set with strscpy_pad,
+        // copied whole at fork), as the helper's output is. The cgroup as
+        // `bpf_get_current_cgroup_id` finds it: the task's default-hierarchy cgroup's id.
+        // SAFETY: helper callable from any tracing program.
+        let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+        o.tgid = Btf::get::<i32>(task, tgid).unwrap_or(0) as u32;
+        let css_set = Btf::get::<*const u8>(task, cgroups);
+        let cgroup = css_set.and_then(|c| Btf::get::<*const u8>(c, dfl_cgrp));
+        let kn = cgroup.and_then(|c| Btf::get::<*const u8>(c, sock::off!(cgroup_kn)));
+        o.cgroup_id = kn
+            .and_then(|kn| Btf::get::<u64>(kn, sock::off!(kernfs_node_id)))
+            .unwrap_or(0);
+        // SAFETY: `comm` is 16 bytes at an 8-aligned offset of an 8-aligned struct.
+        unsafe { *words = Btf::get(task, comm).unwrap_or_default() };
+        return;
     }
+    // SAFETY: helpers callable from any tracing program.
+    o.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    o.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The name is part of map keys: zeroed first, as the helper may leave the bytes after the
+    // NUL alone. Volatile word stores: `[0; 16]` compiles to a byte-wise memset call. Then
+    // straight into the field: aya's wrapper returns the name by value, copied bytewise.
+    // SAFETY: as above.
+    unsafe {
+        words.cast::<u64>().write_volatile(0);
+        words.cast::<u64>().add(1).write_volatile(0);
+        bpf_get_current_comm(o.comm.as_mut_ptr().cast(), COMM_LEN as u32);
+    }
+}
+
+/// The current task as the owner, built in `o`.
+#[inline(always)]
+pub fn current(o: &mut MaybeUninit<Owner>) -> &mut Owner {
+    let o = maps::zero(o);
+    fill_current(o, maps::tick_ns());
+    o
 }
 
 #[inline(always)]
 pub fn record(sk: *const u8) {
-    if OWNERS.insert(sk as u64, current(), 0).is_err() {
-        maps::drop(Drop::OwnerMapFull);
+    let now = maps::tick_ns();
+    if let Some(s) = slot(sk)
+        && (s.sk == 0 || s.sk == sk as u64 || now.wrapping_sub(s.owner.start_ns) > SLOT_MAX_AGE_NS)
+    {
+        s.sk = sk as u64;
+        fill_current(&mut s.owner, now);
+        return;
+    }
+    let mut o = MaybeUninit::uninit();
+    match OWNERS.insert(sk as u64, &*current(&mut o), 0) {
+        Ok(()) => {
+            if let Some(s) = slot(sk) {
+                spilled(s).fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(_) => maps::drop(Drop::OwnerMapFull),
     }
 }
 
@@ -36,44 +152,56 @@ pub fn record_from_state(sk: *const u8) {
     }
 }
 
+/// The recorded owner, in place (no copy: an `Owner` copied by value goes a byte at a time).
 #[inline(always)]
-pub fn get(sk: *const u8) -> Option<Owner> {
-    // SAFETY: the value is copied out immediately.
-    unsafe { OWNERS.get(sk as u64) }.copied()
+pub fn get(sk: *const u8) -> Option<&'static Owner> {
+    if let Some(s) = slot(sk)
+        && s.sk == sk as u64
+    {
+        return Some(&s.owner);
+    }
+    // SAFETY: a delete racing with the read (user space expiring the entry) can only make
+    // the values stale, as with a copy.
+    unsafe { OWNERS.get(sk as u64) }
 }
 
+/// Drops the socket's owner. Looked up before the delete: most sockets that close never had
+/// an owner (accepted ones), and a lookup that misses takes no lock.
 #[inline(always)]
 pub fn forget(sk: *const u8) {
-    if maps::counting() {
+    if !maps::counting() {
+        return;
+    }
+    if let Some(s) = slot(sk)
+        && s.sk == sk as u64
+    {
+        s.sk = 0;
+        return;
+    }
+    if OWNERS.get_ptr(sk as u64).is_some() {
         let _ = OWNERS.remove(sk as u64);
     }
 }
 
-/// Owner of a socket that no connect of ours recorded (accepted sockets, UDP): the socket's
-/// own cgroup, and the current task's name only when `current_ok` says the event runs in the
-/// owning task (close(2), sendmsg(2)) and that task is in the socket's cgroup.
+/// Owner of a socket: the recorded one, else (accepted sockets, UDP) the socket's own cgroup,
+/// and the current task's name only when `current_ok` says the event runs in the owning task
+/// (close(2), sendmsg(2)) and that task is in the socket's cgroup; built in `scratch`, since
+/// an `Owner` returned by value is copied a byte at a time.
 #[inline(always)]
-pub fn of_socket(sk: *const u8, current_ok: bool) -> Owner {
+pub fn of_socket<'a, M: Mem>(sk: *const u8, current_ok: bool, scratch: &'a mut MaybeUninit<Owner>) -> &'a Owner {
     if let Some(o) = get(sk) {
         return o;
     }
-    let cgroup_id = sock::cgroup_id(sk);
-    let cur = current();
-    let comm = if current_ok && cur.cgroup_id == cgroup_id {
-        cur.comm
-    } else {
-        [0; COMM_LEN]
-    };
-    let tgid = if current_ok && cur.cgroup_id == cgroup_id {
-        cur.tgid
-    } else {
-        0
-    };
-    Owner {
-        cgroup_id,
-        start_ns: 0,
-        tgid,
-        _pad: 0,
-        comm,
+    let cgroup_id = sock::cgroup_id::<M>(sk);
+    if current_ok {
+        let cur = current(scratch);
+        if cur.cgroup_id == cgroup_id {
+            cur.start_ns = 0;
+            // SAFETY: initialised by `current`.
+            return unsafe { scratch.assume_init_ref() };
+        }
     }
+    let o = maps::zero(scratch);
+    o.cgroup_id = cgroup_id;
+    o
 }

@@ -2,56 +2,75 @@
 //! connection refused, addresses taken from the packet), and received (with the TCP state the
 //! RST hit). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
 //! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET.
-use agent_common::{Event, InboundKey, ResetKey, ResetSentKey, event_kind, proto};
+use agent_common::{Event, InboundKey, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, event_kind, proto};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::{maps, owner, sock};
+use crate::{
+    maps, owner,
+    sock::{self, Btf, Mem, Probe},
+};
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_send_reset(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
+    maps::run(|| on_send_reset::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
+}
+
+/// Before 6.10 the tracepoint is `tcp_send_reset(sk, skb)`: no reason, and never without a socket.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn send_reset_btf_pre610(ctx: BtfTracePointContext) -> u32 {
+    maps::run(|| on_send_reset::<Btf>(ctx.arg(0), ctx.arg(1), RST_REASON_NOT_SPECIFIED))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_send_reset_tp(&ctx))
+    maps::run(|| {
+        // SAFETY: offset from this kernel's format file for this event.
+        let reason = unsafe { ctx.read_at::<u32>(sock::off!(tp.send_reset_reason) as usize) }.map_err(|_| 0u32)?;
+        try_send_reset_tp(&ctx, reason)
+    })
 }
 
-fn try_send_reset_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+/// Before 6.10 the record has no `reason` field (and no reset without a socket).
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn send_reset_tp_pre610(ctx: TracePointContext) -> u32 {
+    maps::run(|| try_send_reset_tp(&ctx, RST_REASON_NOT_SPECIFIED))
+}
+
+#[inline(always)]
+fn try_send_reset_tp(ctx: &TracePointContext, reason: u32) -> Result<u32, u32> {
     // SAFETY: offsets come from this kernel's format file for this event.
-    let (sk, skb, reason) = unsafe {
+    let (sk, skb) = unsafe {
         (
             ctx.read_at::<u64>(sock::off!(tp.send_reset_skaddr) as usize)
                 .map_err(|_| 0u32)?,
             ctx.read_at::<u64>(sock::off!(tp.send_reset_skbaddr) as usize)
                 .map_err(|_| 0u32)?,
-            ctx.read_at::<u32>(sock::off!(tp.send_reset_reason) as usize)
-                .map_err(|_| 0u32)?,
         )
     };
-    on_send_reset(sk as *const u8, skb as *const u8, reason)
+    on_send_reset::<Probe>(sk as *const u8, skb as *const u8, reason)
 }
 
 #[inline(always)]
-fn on_send_reset(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32> {
-    if sk.is_null() && reason == sock::off!(rst_no_socket) && inbound_refused(skb)? {
+fn on_send_reset<M: Mem>(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32> {
+    if sk.is_null() && reason == sock::off!(rst_no_socket) && inbound_refused::<M>(skb)? {
         return Ok(0);
     }
     // Active resets (abort on close, linger 0) run in the closing task; others in softirq.
-    let o = if !sk.is_null() && sock::is_full(sk) {
-        owner::of_socket(sk, true)
+    let mut scratch = core::mem::MaybeUninit::uninit();
+    let o = if !sk.is_null() && sock::is_full::<M>(sk) {
+        owner::of_socket::<M>(sk, true, &mut scratch)
     } else {
-        Default::default()
+        &owner::NOBODY
     };
-    maps::count_reset_sent(&ResetSentKey {
-        cgroup_id: o.cgroup_id,
-        comm: o.comm,
-        reason,
-        _pad: 0,
-    });
+    let mut key = core::mem::MaybeUninit::uninit();
+    let key: &mut ResetSentKey = maps::zero(&mut key);
+    key.cgroup_id = o.cgroup_id;
+    maps::copy_comm(&mut key.comm, &o.comm);
+    key.reason = reason;
+    maps::count_reset_sent(key);
     maps::emit(|| Event {
         cgroup_id: o.cgroup_id,
         tgid: o.tgid,
@@ -67,30 +86,30 @@ fn on_send_reset(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32>
 /// Counts a refused inbound connection when `skb` is a bare SYN; false for any other segment
 /// (a stray segment to a closed port is not a connection attempt).
 #[inline(always)]
-fn inbound_refused(skb: *const u8) -> Result<bool, u32> {
+fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
     // tp_btf marks this argument nullable: the verifier wants the check before any offset.
     if skb.is_null() {
         return Ok(false);
     }
-    let p = sock::Packet::new(skb)?;
-    let flags = p.flags()?;
+    let p = sock::Packet::new::<M>(skb)?;
+    let flags = p.flags();
     if p.ip_proto()? != proto::TCP || flags & sock::TCP_SYN == 0 || flags & sock::TCP_ACK != 0 {
         return Ok(false);
     }
     let (laddr, lport) = p.dst()?;
-    maps::count_inbound(&InboundKey {
-        laddr,
-        lport,
-        _pad: [0; 6],
-    });
+    let mut key = core::mem::MaybeUninit::uninit();
+    let key: &mut InboundKey = maps::zero(&mut key);
+    key.laddr = sock::bytes(laddr);
+    key.lport = lport;
+    maps::count_inbound(key);
     maps::emit(|| {
         let (saddr, sport) = p.src().unwrap_or_default();
         Event {
             kind: event_kind::INBOUND_REFUSED,
             proto: proto::TCP,
-            daddr: laddr,
+            daddr: sock::bytes(laddr),
             dport: lport,
-            saddr,
+            saddr: sock::bytes(saddr),
             sport,
             ..Event::default()
         }
@@ -100,7 +119,7 @@ fn inbound_refused(skb: *const u8) -> Result<bool, u32> {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_kfree_skb(ctx.arg(0), ctx.arg(2)))
+    maps::run(|| on_kfree_skb::<Btf>(ctx.arg(0), ctx.arg(2)))
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
@@ -118,21 +137,21 @@ fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<u32, u32> {
                 .map_err(|_| 0u32)?,
         )
     };
-    on_kfree_skb(skb as *const u8, reason)
+    on_kfree_skb::<Probe>(skb as *const u8, reason)
 }
 
 #[inline(always)]
-fn on_kfree_skb(skb: *const u8, reason: u32) -> Result<u32, u32> {
+fn on_kfree_skb<M: Mem>(skb: *const u8, reason: u32) -> Result<u32, u32> {
     if reason != sock::off!(drop_no_socket) {
         return Ok(0);
     }
-    inbound_refused(skb)?;
+    inbound_refused::<M>(skb)?;
     Ok(0)
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_receive_reset(ctx.arg(0)))
+    maps::run(|| on_receive_reset::<Btf>(ctx.arg(0)))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
@@ -140,24 +159,25 @@ pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
     maps::run(|| {
         // SAFETY: offset from this kernel's format file for this event.
         let sk = unsafe { ctx.read_at::<u64>(sock::off!(tp.receive_reset_skaddr) as usize) }.map_err(|_| 0u32)?;
-        on_receive_reset(sk as *const u8)
+        on_receive_reset::<Probe>(sk as *const u8)
     })
 }
 
 #[inline(always)]
-fn on_receive_reset(sk: *const u8) -> Result<u32, u32> {
+fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     // Runs in softirq: never the current task.
-    let o = owner::of_socket(sk, false);
-    let (daddr, dport) = sock::peer(sk)?;
-    let state = sock::state(sk);
-    maps::count_reset_received(&ResetKey {
-        cgroup_id: o.cgroup_id,
-        daddr,
-        comm: o.comm,
-        dport,
-        state,
-        _pad: [0; 5],
-    });
+    let mut scratch = core::mem::MaybeUninit::uninit();
+    let o = owner::of_socket::<M>(sk, false, &mut scratch);
+    let (daddr, dport) = sock::peer::<M>(sk)?;
+    let state = sock::state::<M>(sk);
+    let mut key = core::mem::MaybeUninit::uninit();
+    let key: &mut ResetKey = maps::zero(&mut key);
+    key.cgroup_id = o.cgroup_id;
+    key.daddr = sock::bytes(daddr);
+    maps::copy_comm(&mut key.comm, &o.comm);
+    key.dport = dport;
+    key.state = state;
+    maps::count_reset_received(key);
     maps::emit(|| Event {
         cgroup_id: o.cgroup_id,
         tgid: o.tgid,
@@ -165,7 +185,7 @@ fn on_receive_reset(sk: *const u8) -> Result<u32, u32> {
         proto: proto::TCP,
         code: u16::from(state),
         comm: o.comm,
-        daddr,
+        daddr: sock::bytes(daddr),
         dport,
         ..Event::default()
     });

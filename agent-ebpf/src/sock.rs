@@ -1,6 +1,10 @@
 //! Reading kernel struct fields at offsets resolved by user space from the running kernel.
 use agent_common::Offsets;
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
+    programs::TracePointContext,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -14,10 +18,15 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     sk_protocol: 0,
     sk_err: 0,
     skc_state: 0,
+    tcp_clock_cache: 0,
     sk_cgrp_data: 0,
     sock_cgroup_data_cgroup: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
+    task_comm: 0,
+    task_tgid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
     skb_head: 0,
     skb_network_header: 0,
     skb_transport_header: 0,
@@ -64,67 +73,161 @@ macro_rules! off {
 }
 pub(crate) use off;
 
+/// `bpf_probe_read_kernel` of a `T` at `base + offset`: for addresses that are not BTF pointers
+/// (packet bytes, classic tracepoint and kprobe arguments).
 #[inline(always)]
 pub fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
     // SAFETY: bpf_probe_read_kernel validates the address; a fault returns an error.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(|_| 0)
 }
 
-/// IPv4 as IPv4-mapped IPv6, so one 16-byte key serves both families.
+/// A field of a classic tracepoint's record at `offset` (from its format file), expected at
+/// `AT`. The verifier takes only constant offsets into the context and sees `offset` as one
+/// (`OFFSETS` is frozen): where it is `AT`, a plain load stays; elsewhere the probe read that
+/// aya's `read_at` always does. A single arm: with several, the compiler merges them into one
+/// load at a computed offset, which the verifier refuses.
 #[inline(always)]
-pub fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3]]
+pub fn tp_field<T: Copy, const AT: usize>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
+    const { assert!(core::mem::size_of::<T>() <= 8 && AT % core::mem::size_of::<T>() == 0) };
+    let base = ctx.as_ptr() as *const u8;
+    if offset as usize == AT {
+        // SAFETY: the field is inside the record, aligned for its size.
+        return Ok(unsafe { core::ptr::read_volatile(base.add(AT).cast::<T>()) });
+    }
+    read(base, offset)
+}
+
+/// How a program reads kernel structs. tp_btf and fentry programs hold BTF pointers: a plain
+/// load, which the verifier checks against the kernel's BTF (it sees `OFFSETS` as constants,
+/// the map is frozen) and makes fault-safe, costs no helper call. Classic tracepoints and
+/// kprobes hold bare addresses: `bpf_probe_read_kernel`, several times dearer.
+pub trait Mem {
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Result<T, u32>;
+
+    /// `sk` where `tcp_sock` fields can be read from it (a BTF pointer to `struct sock`
+    /// reaches only `struct sock`'s), or null when it is not a full TCP socket.
+    fn tcp_sock(sk: *const u8) -> *const u8;
+}
+
+/// Plain loads through a BTF pointer.
+pub enum Btf {}
+
+/// `bpf_probe_read_kernel`.
+pub enum Probe {}
+
+impl Mem for Btf {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Result<T, u32> {
+        // SAFETY: the verifier checks the access against the pointer's BTF type and turns it
+        // into a load that cannot fault. Volatile: one load per field, never merged with a
+        // neighbour's (each access must stay inside one member).
+        Ok(unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) })
+    }
+
+    #[inline(always)]
+    fn tcp_sock(sk: *const u8) -> *const u8 {
+        // SAFETY: a BTF socket pointer, as the helper requires.
+        unsafe { bpf_skc_to_tcp_sock(sk as *mut _) as *const u8 }
+    }
+}
+
+impl Mem for Probe {
+    #[inline(always)]
+    fn get<T: Copy>(base: *const u8, offset: u32) -> Result<T, u32> {
+        read(base, offset)
+    }
+
+    #[inline(always)]
+    fn tcp_sock(sk: *const u8) -> *const u8 {
+        sk
+    }
+}
+
+/// A 16-byte address as two words (byte arrays are copied a byte at a time), IPv4 mapped into
+/// IPv6 (`::ffff:a.b.c.d`) so one key type serves both families.
+pub type Addr = [u64; 2];
+
+/// `v4` as loaded from memory (network order); little-endian words.
+#[inline(always)]
+pub fn mapped(v4: u32) -> Addr {
+    [0, 0xffff_0000 | (u64::from(v4) << 32)]
+}
+
+/// The bytes of a key's address field.
+#[inline(always)]
+pub fn bytes(a: Addr) -> [u8; 16] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute(a) }
 }
 
 /// Destination of a socket, port in host order.
 #[inline(always)]
-pub fn peer(sk: *const u8) -> Result<([u8; 16], u16), u32> {
-    let family: u16 = read(sk, off!(skc_family))?;
-    let dport = u16::from_be(read(sk, off!(skc_dport))?);
+pub fn peer<M: Mem>(sk: *const u8) -> Result<(Addr, u16), u32> {
+    let family: u16 = M::get(sk, off!(skc_family))?;
+    let dport = u16::from_be(M::get(sk, off!(skc_dport))?);
     let daddr = match family {
-        AF_INET => mapped(read(sk, off!(skc_daddr))?),
-        AF_INET6 => read(sk, off!(skc_v6_daddr))?,
+        AF_INET => mapped(M::get(sk, off!(skc_daddr))?),
+        AF_INET6 => M::get(sk, off!(skc_v6_daddr))?,
         _ => return Err(0),
     };
     Ok((daddr, dport))
 }
 
+/// When a TCP socket's last segment was handled (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns`):
+/// for a connect's outcome, the RST, SYN-ACK, ICMP error or timeout that decided it. A clock
+/// read where the field is missing.
 #[inline(always)]
-pub fn protocol(sk: *const u8) -> u16 {
-    read::<u16>(sk, off!(sk_protocol)).unwrap_or(0)
+pub fn tcp_time<M: Mem>(sk: *const u8) -> u64 {
+    let off = off!(tcp_clock_cache);
+    let tp = M::tcp_sock(sk);
+    if off == 0 || tp.is_null() {
+        return crate::maps::now();
+    }
+    match M::get::<u64>(tp, off) {
+        Ok(ns) if ns != 0 => ns,
+        _ => crate::maps::now(),
+    }
 }
 
 #[inline(always)]
-pub fn is_tcp(sk: *const u8) -> bool {
-    protocol(sk) == u16::from(agent_common::proto::TCP)
+pub fn protocol<M: Mem>(sk: *const u8) -> u16 {
+    M::get::<u16>(sk, off!(sk_protocol)).unwrap_or(0)
 }
 
 #[inline(always)]
-pub fn state(sk: *const u8) -> u8 {
-    read::<u8>(sk, off!(skc_state)).unwrap_or(0)
+pub fn is_tcp<M: Mem>(sk: *const u8) -> bool {
+    protocol::<M>(sk) == u16::from(agent_common::proto::TCP)
+}
+
+#[inline(always)]
+pub fn state<M: Mem>(sk: *const u8) -> u8 {
+    M::get::<u8>(sk, off!(skc_state)).unwrap_or(0)
 }
 
 /// Time-wait and request sockets share `sock_common` but nothing after it.
 #[inline(always)]
-pub fn is_full(sk: *const u8) -> bool {
-    let s = i32::from(state(sk));
+pub fn is_full<M: Mem>(sk: *const u8) -> bool {
+    let s = i32::from(state::<M>(sk));
     s != agent_common::tcp_state::TIME_WAIT && s != agent_common::tcp_state::NEW_SYN_RECV
 }
 
 /// The cgroup v2 id of the socket's creator (`sk_cgrp_data`), or 0.
 #[inline(always)]
-pub fn cgroup_id(sk: *const u8) -> u64 {
-    let cgroup: Result<*const u8, u32> = read(sk, off!(sk_cgrp_data) + off!(sock_cgroup_data_cgroup));
-    let kn = cgroup.and_then(|c| read::<*const u8>(c, off!(cgroup_kn)));
-    kn.and_then(|kn| read::<u64>(kn, off!(kernfs_node_id))).unwrap_or(0)
+pub fn cgroup_id<M: Mem>(sk: *const u8) -> u64 {
+    let cgroup: Result<*const u8, u32> = M::get(sk, off!(sk_cgrp_data) + off!(sock_cgroup_data_cgroup));
+    let kn = cgroup.and_then(|c| M::get::<*const u8>(c, off!(cgroup_kn)));
+    kn.and_then(|kn| M::get::<u64>(kn, off!(kernfs_node_id))).unwrap_or(0)
 }
 
-/// An incoming TCP segment's headers, read lazily: the common path needs only the protocol,
-/// flags, and local (destination) address and port.
+/// An incoming segment's headers, each read with one probe read: the packet bytes behind
+/// `skb->head` are not BTF-typed. Fields are taken from the words by shifts (little-endian):
+/// indexing bytes at a computed offset is pointer arithmetic the verifier refuses on the stack.
 pub struct Packet {
-    nh: *const u8,
-    th: *const u8,
-    version: u8,
+    /// The first 40 bytes from the network header: an IPv6 header, or IPv4's without options
+    /// (which is all that is read of it).
+    ip: [u64; 5],
+    /// The first 16 bytes of the transport header: ports and TCP flags.
+    th: [u64; 2],
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -132,44 +235,61 @@ pub const TCP_ACK: u8 = 0x10;
 
 impl Packet {
     #[inline(always)]
-    pub fn new(skb: *const u8) -> Result<Packet, u32> {
-        let head: *const u8 = read(skb, off!(skb_head))?;
-        let nh = head.wrapping_add(usize::from(read::<u16>(skb, off!(skb_network_header))?));
-        let th = head.wrapping_add(usize::from(read::<u16>(skb, off!(skb_transport_header))?));
+    pub fn new<M: Mem>(skb: *const u8) -> Result<Packet, u32> {
+        let head: *const u8 = M::get(skb, off!(skb_head))?;
+        let nh = head.wrapping_add(usize::from(M::get::<u16>(skb, off!(skb_network_header))?));
+        let th = head.wrapping_add(usize::from(M::get::<u16>(skb, off!(skb_transport_header))?));
+        // Reading past a short packet stays inside its buffer (skb_shared_info follows).
         Ok(Packet {
-            nh,
-            th,
-            version: read::<u8>(nh, 0)? >> 4,
+            ip: read(nh, 0)?,
+            th: read(th, 0)?,
         })
     }
 
     #[inline(always)]
-    pub fn ip_proto(&self) -> Result<u8, u32> {
-        read(self.nh, if self.version == 4 { 9 } else { 6 })
-    }
-
-    #[inline(always)]
-    pub fn flags(&self) -> Result<u8, u32> {
-        read(self.th, 13)
-    }
-
-    /// `(address, port)` the segment was sent to: this host.
-    #[inline(always)]
-    pub fn dst(&self) -> Result<([u8; 16], u16), u32> {
-        Ok((self.addr(16, 24)?, u16::from_be(read(self.th, 2)?)))
-    }
-
-    #[inline(always)]
-    pub fn src(&self) -> Result<([u8; 16], u16), u32> {
-        Ok((self.addr(12, 8)?, u16::from_be(read(self.th, 0)?)))
-    }
-
-    #[inline(always)]
-    fn addr(&self, v4: usize, v6: usize) -> Result<[u8; 16], u32> {
-        match self.version {
-            4 => Ok(mapped(read(self.nh, v4 as u32)?)),
-            6 => read(self.nh, v6 as u32),
+    fn v4(&self) -> Result<bool, u32> {
+        match self.ip[0] as u8 >> 4 {
+            4 => Ok(true),
+            6 => Ok(false),
             _ => Err(0),
         }
+    }
+
+    /// IPv4 protocol (byte 9) or IPv6 next header (byte 6).
+    #[inline(always)]
+    pub fn ip_proto(&self) -> Result<u8, u32> {
+        Ok(if self.v4()? {
+            (self.ip[1] >> 8) as u8
+        } else {
+            (self.ip[0] >> 48) as u8
+        })
+    }
+
+    /// TCP flags (byte 13).
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        (self.th[1] >> 40) as u8
+    }
+
+    /// `(address, port)` the segment was sent to: this host. IPv4 bytes 16..20, IPv6 24..40.
+    #[inline(always)]
+    pub fn dst(&self) -> Result<(Addr, u16), u32> {
+        let addr = if self.v4()? {
+            mapped(self.ip[2] as u32)
+        } else {
+            [self.ip[3], self.ip[4]]
+        };
+        Ok((addr, u16::from_be((self.th[0] >> 16) as u16)))
+    }
+
+    /// IPv4 bytes 12..16, IPv6 8..24.
+    #[inline(always)]
+    pub fn src(&self) -> Result<(Addr, u16), u32> {
+        let addr = if self.v4()? {
+            mapped((self.ip[1] >> 32) as u32)
+        } else {
+            [self.ip[1], self.ip[2]]
+        };
+        Ok((addr, u16::from_be(self.th[0] as u16)))
     }
 }

@@ -11,12 +11,13 @@ use aya_ebpf::{
 
 use crate::{
     maps::{self, WATCH},
-    owner, sock,
+    owner,
+    sock::{self, Btf, Mem, Probe},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_state(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
+    maps::run(|| on_state::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -25,34 +26,27 @@ pub fn sock_state_tp(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: offsets come from this kernel's format file for this event.
-    let (sk, old, new) = unsafe {
-        (
-            ctx.read_at::<u64>(sock::off!(tp.state_skaddr) as usize),
-            ctx.read_at::<i32>(sock::off!(tp.state_oldstate) as usize),
-            ctx.read_at::<i32>(sock::off!(tp.state_newstate) as usize),
-        )
-    };
-    on_state(
-        sk.map_err(|_| 0u32)? as *const u8,
-        old.map_err(|_| 0u32)?,
-        new.map_err(|_| 0u32)?,
+    let sk: u64 = sock::tp_field::<_, 8>(ctx, sock::off!(tp.state_skaddr))?;
+    on_state::<Probe>(
+        sk as *const u8,
+        sock::tp_field::<_, 16>(ctx, sock::off!(tp.state_oldstate))?,
+        sock::tp_field::<_, 20>(ctx, sock::off!(tp.state_newstate))?,
     )
 }
 
 /// Exits before any map access unless the change enters or leaves SYN_SENT, or closes.
 #[inline(always)]
-fn on_state(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
+fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     if new == tcp_state::SYN_SENT {
         // No protocol check: only TCP (and SCTP, harmlessly: its entry goes at close) enters
-        // SYN_SENT, and a probe read here would cost every connect on the host.
+        // SYN_SENT, and a read here would cost every connect on the host.
         owner::record_from_state(sk);
         return Ok(0);
     }
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
         // The owner stays recorded: resets on this connection are attributed through it.
         if maps::config(config::WATCHING) != 0 {
-            count_success(sk)?;
+            count_success::<M>(sk)?;
         }
         return Ok(0);
     }
@@ -60,32 +54,32 @@ fn on_state(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
         return Ok(0);
     }
     if old == tcp_state::SYN_SENT {
-        count_failure(sk)?;
+        count_failure::<M>(sk)?;
     }
     owner::forget(sk);
     Ok(0)
 }
 
 #[inline(always)]
-fn count_success(sk: *const u8) -> Result<u32, u32> {
-    let (daddr, dport) = sock::peer(sk)?;
+fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
+    let (daddr, dport) = sock::peer::<M>(sk)?;
     if WATCH.get_ptr(dport).is_none() {
         return Ok(0);
     }
-    let o = owner::get(sk).unwrap_or_default();
-    maps::connect_outcome(&o, proto::TCP, daddr, dport, 0);
+    let o = owner::get(sk).unwrap_or(&owner::NOBODY);
+    maps::connect_outcome(o, proto::TCP, daddr, dport, 0, sock::tcp_time::<M>(sk));
     Ok(0)
 }
 
 #[inline(always)]
-fn count_failure(sk: *const u8) -> Result<u32, u32> {
-    let err: i32 = sock::read(sk, sock::off!(sk_err))?;
+fn count_failure<M: Mem>(sk: *const u8) -> Result<u32, u32> {
+    let err: i32 = M::get(sk, sock::off!(sk_err))?;
     // SYN_SENT → CLOSE without an error is the application closing its own socket.
-    if err <= 0 || !sock::is_tcp(sk) {
+    if err <= 0 || !sock::is_tcp::<M>(sk) {
         return Ok(0);
     }
-    let o = owner::get(sk).unwrap_or_default();
-    let (daddr, dport) = sock::peer(sk)?;
-    maps::connect_outcome(&o, proto::TCP, daddr, dport, err as u16);
+    let o = owner::get(sk).unwrap_or(&owner::NOBODY);
+    let (daddr, dport) = sock::peer::<M>(sk)?;
+    maps::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
     Ok(0)
 }

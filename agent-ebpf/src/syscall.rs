@@ -41,22 +41,16 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
     maps::run(|| try_connect_enter(&ctx))
 }
 
-/// Costs two loads and a store per connect(2); the sockaddr is read only on failure.
+/// Costs three loads and a store per connect(2); the sockaddr is read only on failure.
 fn try_connect_enter(ctx: &TracePointContext) -> Result<u32, u32> {
     let slot = CONNECTING.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: offsets come from this kernel's format file for this event; the slot is this
-    // CPU's and no other program on this CPU writes it concurrently.
-    unsafe {
-        *slot = Pending {
-            pid_tgid: bpf_get_current_pid_tgid(),
-            fd: ctx
-                .read_at::<u64>(sock::off!(tp.connect_fd) as usize)
-                .map_err(|_| 0u32)?,
-            addr: ctx
-                .read_at::<u64>(sock::off!(tp.connect_uservaddr) as usize)
-                .map_err(|_| 0u32)?,
-        };
-    }
+    let pending = Pending {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        fd: sock::tp_field::<_, 16>(ctx, sock::off!(tp.connect_fd))?,
+        addr: sock::tp_field::<_, 24>(ctx, sock::off!(tp.connect_uservaddr))?,
+    };
+    // SAFETY: this CPU's slot; no other program on this CPU writes it concurrently.
+    unsafe { *slot = pending };
     Ok(0)
 }
 
@@ -72,8 +66,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: offset from this kernel's format file for this event.
-    let ret = unsafe { ctx.read_at::<i64>(sock::off!(tp.exit_connect_ret) as usize) }.map_err(|_| 0u32)?;
+    let ret: i64 = sock::tp_field::<_, 16>(ctx, sock::off!(tp.exit_connect_ret))?;
     if ret >= 0 || !SYNC_ERRORS.contains(&-ret) {
         return Ok(0);
     }
@@ -85,7 +78,7 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let dport = u16::from_be(user(addr, 2)?);
     let daddr = match user::<u16>(addr, 0)? {
         AF_INET => sock::mapped(user(addr, 4)?),
-        AF_INET6 => user(addr, 8)?,
+        AF_INET6 => user::<sock::Addr>(addr, 8)?,
         _ => return Ok(0),
     };
     let proto = match socket_protocol(p.fd)? {
@@ -93,7 +86,8 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         p if p == u16::from(proto::UDP) => proto::UDP,
         _ => return Ok(0),
     };
-    maps::connect_outcome(&owner::current(), proto, daddr, dport, (-ret) as u16);
+    let mut o = core::mem::MaybeUninit::uninit();
+    maps::connect_outcome(owner::current(&mut o), proto, daddr, dport, (-ret) as u16, maps::now());
     Ok(0)
 }
 
@@ -112,5 +106,5 @@ fn socket_protocol(fd: u64) -> Result<u16, u32> {
     let file: *const u8 = sock::read(fds, (fd * 8) as u32)?;
     let socket: *const u8 = sock::read(file, sock::off!(file_private_data))?;
     let sk: *const u8 = sock::read(socket, sock::off!(socket_sk))?;
-    Ok(sock::protocol(sk))
+    Ok(sock::protocol::<sock::Probe>(sk))
 }
