@@ -168,17 +168,21 @@ pub fn tick_ns() -> u64 {
 
 /// The address `p` holds, as a number. A BTF pointer allows no arithmetic but adding an
 /// offset; stored into a map value and read back (privileged programs may), it is a plain
-/// number to the verifier. Volatile: the round trip must happen.
+/// number to the verifier. A program run from an interrupt between the store and the load
+/// (softirq network processing) would leave its own value: two round trips that disagree
+/// mean that happened, and a third settles it.
 #[inline(always)]
 pub fn address(p: *const u8) -> u64 {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's slot, written and read back at once.
-    unsafe {
+    // SAFETY: this CPU's slot. Volatile: every round trip must happen.
+    let round_trip = || unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*s).addr), p as u64);
         core::ptr::read_volatile(core::ptr::addr_of!((*s).addr))
-    }
+    };
+    let (a, b) = (round_trip(), round_trip());
+    if a == b { a } else { round_trip() }
 }
 
 #[inline(always)]

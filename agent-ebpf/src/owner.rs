@@ -1,10 +1,7 @@
 //! Who a socket belongs to. Recorded in process context when a connect starts; RSTs and ICMP
 //! errors arrive in softirq where the current task is unrelated, so later events look the
 //! owner up by socket: in [`SLOTS`], else in `OWNERS`.
-use core::{
-    mem::MaybeUninit,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use core::mem::MaybeUninit;
 
 use agent_common::{COMM_LEN, Drop, Owner, config};
 use aya_ebpf::{
@@ -35,17 +32,6 @@ pub const NOBODY: Owner = Owner {
 pub struct Slot {
     sk: u64,
     owner: Owner,
-    /// Owners in `OWNERS` of sockets whose slot this is: while 0, a socket that is not in
-    /// the slot has no owner, with no hash lookup. Atomic: sockets of one slot may close on
-    /// several CPUs at once. User space expiring entries leaves it higher than the truth,
-    /// which only costs lookups.
-    spilled: u64,
-}
-
-#[inline(always)]
-fn spilled(s: &mut Slot) -> &AtomicU64 {
-    // SAFETY: an aligned u64 in a map value, only ever accessed atomically.
-    unsafe { AtomicU64::from_ptr(&mut s.spilled) }
 }
 
 const SLOT_BITS: u32 = 15;
@@ -134,13 +120,8 @@ pub fn record(sk: *const u8) {
         return;
     }
     let mut o = MaybeUninit::uninit();
-    match OWNERS.insert(sk as u64, &*current(&mut o), 0) {
-        Ok(()) => {
-            if let Some(s) = slot(sk) {
-                spilled(s).fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Err(_) => maps::drop(Drop::OwnerMapFull),
+    if OWNERS.insert(sk as u64, &*current(&mut o), 0).is_err() {
+        maps::drop(Drop::OwnerMapFull);
     }
 }
 

@@ -219,9 +219,10 @@ pub fn cgroup_id<M: Mem>(sk: *const u8) -> u64 {
     kn.and_then(|kn| M::get::<u64>(kn, off!(kernfs_node_id))).unwrap_or(0)
 }
 
-/// An incoming segment's headers, each read with one probe read: the packet bytes behind
-/// `skb->head` are not BTF-typed. Fields are taken from the words by shifts (little-endian):
-/// indexing bytes at a computed offset is pointer arithmetic the verifier refuses on the stack.
+/// An incoming segment's headers, read with one probe read when the transport header follows
+/// an option-less IP header (two otherwise): the packet bytes behind `skb->head` are not
+/// BTF-typed. Fields are taken from the words by shifts (little-endian): indexing bytes at a
+/// computed offset is pointer arithmetic the verifier refuses on the stack.
 pub struct Packet {
     /// The first 40 bytes from the network header: an IPv6 header, or IPv4's without options
     /// (which is all that is read of it).
@@ -237,13 +238,20 @@ impl Packet {
     #[inline(always)]
     pub fn new<M: Mem>(skb: *const u8) -> Result<Packet, u32> {
         let head: *const u8 = M::get(skb, off!(skb_head))?;
-        let nh = head.wrapping_add(usize::from(M::get::<u16>(skb, off!(skb_network_header))?));
-        let th = head.wrapping_add(usize::from(M::get::<u16>(skb, off!(skb_transport_header))?));
+        let nh_off: u16 = M::get(skb, off!(skb_network_header))?;
+        let th_off: u16 = M::get(skb, off!(skb_transport_header))?;
+        let nh = head.wrapping_add(usize::from(nh_off));
         // Reading past a short packet stays inside its buffer (skb_shared_info follows).
-        Ok(Packet {
-            ip: read(nh, 0)?,
-            th: read(th, 0)?,
-        })
+        let w: [u64; 7] = read(nh, 0)?;
+        let ip = [w[0], w[1], w[2], w[3], w[4]];
+        let th = match th_off.wrapping_sub(nh_off) {
+            // IPv4 without options: the TCP header from byte 20.
+            20 => [(w[2] >> 32) | (w[3] << 32), (w[3] >> 32) | (w[4] << 32)],
+            // IPv6 without extension headers: from byte 40.
+            40 => [w[5], w[6]],
+            _ => read(head.wrapping_add(usize::from(th_off)), 0)?,
+        };
+        Ok(Packet { ip, th })
     }
 
     #[inline(always)]
