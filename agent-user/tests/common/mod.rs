@@ -396,3 +396,16 @@ pub fn loaded_programs() -> std::collections::BTreeSet<u64> {
     let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     progs.iter().filter_map(|p| p["id"].as_u64()).collect()
 }
+
+/// Whether every program in `ids` is gone from the kernel within 5 s (it frees a program once
+/// its last reference goes, after an RCU grace period).
+pub fn programs_gone(ids: &std::collections::BTreeSet<u64>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ids.is_disjoint(&loaded_programs()) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
