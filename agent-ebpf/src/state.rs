@@ -55,7 +55,11 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     }
     // Forgotten whatever the count met: a slot left taken would send its next sockets to
     // `OWNERS` for hours.
-    let counted = if old == tcp_state::SYN_SENT { count_failure::<M>(sk) } else { Ok(0) };
+    let counted = if old == tcp_state::SYN_SENT {
+        count_failure::<M>(sk)
+    } else {
+        Ok(0)
+    };
     owner::forget(sk);
     counted
 }
