@@ -37,8 +37,15 @@ pub struct Owner {
     /// connect never reached a state change we see.
     pub start_ns: u64,
     pub tgid: u32,
-    pub _pad: u32,
+    /// [`owner_flags`] the socket collected since its connect started.
+    pub flags: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of [`Owner::flags`].
+pub mod owner_flags {
+    /// A RST arrived in SYN_SENT: counted with the connect's failure, in [`super::Counter`].
+    pub const RESET_IN_SYN_SENT: u32 = 1;
 }
 
 /// Per-target aggregation key for failed connects. Addresses are 16 bytes: IPv4 is stored
@@ -112,6 +119,9 @@ pub mod overflow {
 pub struct Counter {
     pub count: u64,
     pub last_ns: u64,
+    /// Of `count`, the failures a RST in SYN_SENT caused: `refusal_resets_received_total`
+    /// with `state="syn_sent"`, counted here rather than in a second map update.
+    pub resets: u64,
 }
 
 /// Resets received on a socket, per remote end and the TCP state the RST hit.

@@ -1,4 +1,6 @@
-use agent_common::{Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, proto};
+use agent_common::{
+    Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, owner_flags, proto, tcp_state,
+};
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
@@ -117,7 +119,7 @@ pub fn zero<T: Copy>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
 
 #[inline(always)]
 fn fill<T, W: Default>(v: &mut core::mem::MaybeUninit<T>) {
-    const { assert!(core::mem::size_of::<T>() % core::mem::size_of::<W>() == 0) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(core::mem::size_of::<W>())) };
     let words = v.as_mut_ptr().cast::<W>();
     for i in 0..core::mem::size_of::<T>() / core::mem::size_of::<W>() {
         // SAFETY: inside `v`; `W` is no more aligned than `T`.
@@ -237,17 +239,22 @@ fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
     }
 }
 
-/// Counts one connect outcome for `key` at `now`; failures that find the map full are still
-/// counted, in the per-errno overflow slots.
+/// Counts one connect outcome for `key` at `now`, `resets` (0 or 1) of them caused by a RST in
+/// SYN_SENT; failures that find the map full are still counted, in the overflow slots.
 #[inline(always)]
-fn count_target(key: &TargetKey, now: u64) {
-    let init = Counter { count: 1, last_ns: now };
+fn count_target(key: &TargetKey, now: u64, resets: u64) {
+    let init = Counter {
+        count: 1,
+        last_ns: now,
+        resets,
+    };
     if key.errno != 0 {
         watch(key.dport);
     }
     if add(&TARGETS, key, init, |c| {
         c.count += 1;
         c.last_ns = now;
+        c.resets += resets;
     }) {
         return;
     }
@@ -257,6 +264,9 @@ fn count_target(key: &TargetKey, now: u64) {
             + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
             + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
         bump(&OVERFLOW, slot);
+    }
+    if resets != 0 {
+        bump(&OVERFLOW, overflow::RESETS_RECEIVED + tcp_state::SYN_SENT as u32);
     }
 }
 
@@ -292,7 +302,8 @@ pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16
     key.dport = dport;
     key.errno = errno;
     key.proto = proto;
-    count_target(key, at_ns);
+    let resets = u64::from(o.flags & owner_flags::RESET_IN_SYN_SENT != 0);
+    count_target(key, at_ns, resets);
     if errno != 0 {
         emit(|| Event {
             cgroup_id: o.cgroup_id,

@@ -22,7 +22,7 @@ pub const NOBODY: Owner = Owner {
     cgroup_id: 0,
     start_ns: 0,
     tgid: 0,
-    _pad: 0,
+    flags: 0,
     comm: [0; COMM_LEN],
 };
 
@@ -61,7 +61,7 @@ fn slot(sk: *const u8) -> Option<&'static mut Slot> {
 #[inline(always)]
 fn fill_current(o: &mut Owner, start_ns: u64) {
     o.start_ns = start_ns;
-    o._pad = 0;
+    o.flags = 0;
     let words = o.comm.as_mut_ptr().cast::<[u64; 2]>();
     let (comm, tgid, cgroups, dfl_cgrp) = (
         sock::off!(task_comm),
@@ -120,7 +120,8 @@ pub fn record(sk: *const u8) {
         return;
     }
     let mut o = MaybeUninit::uninit();
-    if OWNERS.insert(sk as u64, &*current(&mut o), 0).is_err() {
+    let owner: &Owner = current(&mut o);
+    if OWNERS.insert(sk as u64, owner, 0).is_err() {
         maps::drop(Drop::OwnerMapFull);
     }
 }
@@ -136,14 +137,20 @@ pub fn record_from_state(sk: *const u8) {
 /// The recorded owner, in place (no copy: an `Owner` copied by value goes a byte at a time).
 #[inline(always)]
 pub fn get(sk: *const u8) -> Option<&'static Owner> {
+    get_mut(sk).map(|o| &*o)
+}
+
+/// As [`get`], to set its `flags`.
+#[inline(always)]
+pub fn get_mut(sk: *const u8) -> Option<&'static mut Owner> {
     if let Some(s) = slot(sk)
         && s.sk == sk as u64
     {
-        return Some(&s.owner);
+        return Some(&mut s.owner);
     }
-    // SAFETY: a delete racing with the read (user space expiring the entry) can only make
-    // the values stale, as with a copy.
-    unsafe { OWNERS.get(sk as u64) }
+    // SAFETY: a delete racing with the access (user space expiring the entry) can only make
+    // the values stale or the write moot.
+    OWNERS.get_ptr_mut(sk as u64).map(|o| unsafe { &mut *o })
 }
 
 /// Drops the socket's owner. Looked up before the delete: most sockets that close never had
@@ -169,7 +176,7 @@ pub fn forget(sk: *const u8) {
 /// (close(2), sendmsg(2)) and that task is in the socket's cgroup; built in `scratch`, since
 /// an `Owner` returned by value is copied a byte at a time.
 #[inline(always)]
-pub fn of_socket<'a, M: Mem>(sk: *const u8, current_ok: bool, scratch: &'a mut MaybeUninit<Owner>) -> &'a Owner {
+pub fn of_socket<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUninit<Owner>) -> &Owner {
     if let Some(o) = get(sk) {
         return o;
     }

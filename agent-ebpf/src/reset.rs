@@ -2,7 +2,10 @@
 //! connection refused, addresses taken from the packet), and received (with the TCP state the
 //! RST hit). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
 //! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET.
-use agent_common::{Event, InboundKey, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, event_kind, proto};
+use agent_common::{
+    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, event_kind, owner_flags, proto,
+    tcp_state,
+};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -165,11 +168,23 @@ pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
+    let state = sock::state::<M>(sk);
+    // In SYN_SENT the RST closes the socket at once, and the refusal is counted then: marked on
+    // the owner, it is counted with the failure, one map update instead of two.
+    if i32::from(state) == tcp_state::SYN_SENT
+        && let Some(o) = owner::get_mut(sk)
+    {
+        o.flags |= owner_flags::RESET_IN_SYN_SENT;
+        maps::emit(|| {
+            let (daddr, dport) = sock::peer::<M>(sk).unwrap_or_default();
+            received_event(o, daddr, dport, state)
+        });
+        return Ok(0);
+    }
     // Runs in softirq: never the current task.
     let mut scratch = core::mem::MaybeUninit::uninit();
     let o = owner::of_socket::<M>(sk, false, &mut scratch);
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    let state = sock::state::<M>(sk);
     let mut key = core::mem::MaybeUninit::uninit();
     let key: &mut ResetKey = maps::zero(&mut key);
     key.cgroup_id = o.cgroup_id;
@@ -178,7 +193,13 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     key.dport = dport;
     key.state = state;
     maps::count_reset_received(key);
-    maps::emit(|| Event {
+    maps::emit(|| received_event(o, daddr, dport, state));
+    Ok(0)
+}
+
+#[inline(always)]
+fn received_event(o: &Owner, daddr: sock::Addr, dport: u16, state: u8) -> Event {
+    Event {
         cgroup_id: o.cgroup_id,
         tgid: o.tgid,
         kind: event_kind::RESET_RECEIVED,
@@ -188,6 +209,5 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
         daddr: sock::bytes(daddr),
         dport,
         ..Event::default()
-    });
-    Ok(0)
+    }
 }

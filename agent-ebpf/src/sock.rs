@@ -88,7 +88,7 @@ pub fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
 /// load at a computed offset, which the verifier refuses.
 #[inline(always)]
 pub fn tp_field<T: Copy, const AT: usize>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
-    const { assert!(core::mem::size_of::<T>() <= 8 && AT % core::mem::size_of::<T>() == 0) };
+    const { assert!(core::mem::size_of::<T>() <= 8 && AT.is_multiple_of(core::mem::size_of::<T>())) };
     let base = ctx.as_ptr() as *const u8;
     if offset as usize == AT {
         // SAFETY: the field is inside the record, aligned for its size.

@@ -26,6 +26,9 @@ pub enum Command {
         /// Force one attach mode for every hook that offers it.
         #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
         attach: Option<AttachMode>,
+        /// Show the opt-in connect_sync hook as `run --connect-sync` would attach it.
+        #[arg(long, env = "REFUSAL_CONNECT_SYNC")]
+        connect_sync: bool,
     },
     /// Live stream of individual events (text, or one JSON object per line with --json).
     Trace {
@@ -35,6 +38,9 @@ pub enum Command {
         /// Force one attach mode for every hook that offers it.
         #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
         attach: Option<AttachMode>,
+        /// Also trace connect(2) failures inside the syscall (the opt-in connect_sync hook).
+        #[arg(long, env = "REFUSAL_CONNECT_SYNC")]
+        connect_sync: bool,
     },
     /// Show the running daemon's targets as a table (from /api/targets).
     Status {
@@ -79,6 +85,9 @@ pub struct RunArgs {
     /// Force one attach mode for every hook that offers it [default: auto].
     #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
     pub attach: Option<AttachMode>,
+    /// Also count connect(2) failures inside the syscall (no route); costs on every syscall.
+    #[arg(long, env = "REFUSAL_CONNECT_SYNC")]
+    pub connect_sync: bool,
     /// Benchmarks only: attach programs that return at once (the cost floor).
     #[arg(long, hide = true)]
     pub bench_empty_programs: bool,
@@ -123,6 +132,9 @@ impl RunArgs {
         );
         if self.keep_pins {
             c.keep_pins = true;
+        }
+        if self.connect_sync {
+            c.connect_sync = true;
         }
         if let Some(u) = &self.user {
             c.user = Some(u.clone());

@@ -7,7 +7,7 @@ use std::{
 };
 
 use agent_common::{
-    Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, config, names, overflow, proto,
+    Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, config, names, overflow, proto, tcp_state,
 };
 use aya::{
     Ebpf, Pod,
@@ -234,16 +234,19 @@ impl Collector {
             ..
         } = self;
         snap.outcomes.reserve(cache.sizes[0]);
-        let last = |v: &[Counter]| {
-            let count = v.iter().map(|c| c.count).sum::<u64>();
-            (count, v.iter().map(|c| c.last_ns).max().unwrap_or(0))
+        let fold = |v: &[Counter]| {
+            let sum = |f: fn(&Counter) -> u64| v.iter().map(f).sum::<u64>();
+            let last_ns = v.iter().map(|c| c.last_ns).max().unwrap_or(0);
+            (sum(|c| c.count), last_ns, sum(|c| c.resets))
         };
+        // RSTs in SYN_SENT are counted with the failures they caused (see `Counter::resets`).
+        let mut syn_sent_resets = Vec::new();
         entries(
             &self.targets,
             names::TARGETS,
-            last,
-            |key: TargetKey, (count, last_ns)| {
-                snap.outcomes.push(Outcome {
+            fold,
+            |key: TargetKey, (count, last_ns, resets)| {
+                let outcome = Outcome {
                     cgroup_id: key.cgroup_id,
                     workload: cache.workload(resolver.as_mut(), key.cgroup_id),
                     comm: cache.interned.comm(&key.comm),
@@ -253,7 +256,18 @@ impl Collector {
                     errno: (key.errno != 0).then(|| cache.interned.errno(key.errno)),
                     count,
                     last_ns,
-                })
+                };
+                if resets != 0 && scope == Scope::All {
+                    syn_sent_resets.push(ResetReceived {
+                        workload: outcome.workload.clone(),
+                        comm: outcome.comm.clone(),
+                        dst_addr: outcome.dst_addr,
+                        dst_port: outcome.dst_port,
+                        state: labels::tcp_state(tcp_state::SYN_SENT as u8),
+                        count: resets,
+                    });
+                }
+                snap.outcomes.push(outcome)
             },
         )?;
         snap.inbound.reserve(cache.sizes[1]);
@@ -268,7 +282,8 @@ impl Collector {
         if scope == Scope::Verdicts {
             return Ok(snap);
         }
-        snap.resets_received.reserve(cache.sizes[2]);
+        snap.resets_received.reserve(cache.sizes[2] + syn_sent_resets.len());
+        snap.resets_received.append(&mut syn_sent_resets);
         entries(
             &self.resets_received,
             names::RESETS_RECEIVED,

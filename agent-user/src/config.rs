@@ -50,6 +50,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Force one attach mode for every hook that offers it, or `auto`. Default `auto`.
     pub attach: AttachMode,
+    /// Also count connect(2) failures that happen inside the syscall, before any TCP state (no
+    /// route: `ENETUNREACH`, `EADDRNOTAVAIL`, `EACCES`/`EPERM`). Default `false`: its two
+    /// syscall tracepoints put every syscall of every process on the host on the kernel's
+    /// tracing slow path (BENCHMARKS.md measures the cost).
+    pub connect_sync: bool,
     /// Prometheus exporter-toolkit web config (TLS, basic auth) for the HTTP endpoints. Default:
     /// none (plain HTTP, no auth).
     pub web_config_file: Option<std::path::PathBuf>,
@@ -79,6 +84,7 @@ impl Default for Config {
             max_series: 10_000,
             log_format: LogFormat::Text,
             attach: AttachMode::Auto,
+            connect_sync: false,
             web_config_file: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/refusal-agent"),
             keep_pins: false,

@@ -132,7 +132,13 @@ pub fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError
     if let Some(plan) = plan.as_ref().filter(|p| !p.discarded.is_empty()) {
         tracing::warn!(maps = ?plan.discarded, "pinned maps from a build with another layout: their counts restart");
     }
-    let mut loaded = match loader::load_and_attach(&kernel, cfg.attach, flavor, plan.as_ref()) {
+    let mut loaded = match loader::load_and_attach(
+        &kernel,
+        cfg.attach,
+        loader::opt_in(cfg.connect_sync),
+        flavor,
+        plan.as_ref(),
+    ) {
         Ok(l) => l,
         Err(e) => {
             // Leave a predecessor's programs counting; remove only what this start created.

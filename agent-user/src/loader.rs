@@ -36,6 +36,8 @@ pub struct Hook {
     /// Without a required hook the daemon cannot count anything and refuses to start; the others
     /// degrade to `refusal_agent_probe_attached{hook} == 0` (and an alert).
     pub required: bool,
+    /// Attached only when asked for (see [`opt_in`]): it costs more than the connects it observes.
+    pub opt_in: bool,
     pub chain: &'static [(AttachMode, Attach)],
 }
 
@@ -44,6 +46,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "state",
         required: true,
+        opt_in: false,
         chain: &[
             (
                 AttachMode::TpBtf,
@@ -61,6 +64,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "connect",
         required: true,
+        opt_in: false,
         chain: &[
             (
                 AttachMode::Fentry,
@@ -83,6 +87,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "connect_sync",
         required: false,
+        opt_in: true,
         chain: &[(
             AttachMode::Tracepoint,
             Attach::Tracepoint(&[
@@ -94,6 +99,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "error_report",
         required: false,
+        opt_in: false,
         chain: &[
             (
                 AttachMode::TpBtf,
@@ -111,6 +117,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "send_reset",
         required: false,
+        opt_in: false,
         chain: &[
             (
                 AttachMode::TpBtf,
@@ -140,6 +147,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "inbound",
         required: false,
+        opt_in: false,
         chain: &[
             // Only the 6.10+ `tcp_send_reset` fires without a socket; before, `kfree_skb` sees
             // the SYN dropped for NO_SOCKET.
@@ -161,6 +169,7 @@ pub static HOOKS: &[Hook] = &[
     Hook {
         name: "receive_reset",
         required: false,
+        opt_in: false,
         chain: &[
             (
                 AttachMode::TpBtf,
@@ -275,19 +284,32 @@ pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf
     loader.load(OBJECT).map_err(LoadError::Object)
 }
 
-/// Loads the object and attaches every hook, forcing `mode` on the hooks that offer it. With
+/// The opt-in hooks to attach: `connect_sync`'s syscall tracepoints put every syscall on the
+/// host on the tracing slow path, so it costs even processes that never connect.
+pub fn opt_in(connect_sync: bool) -> &'static [&'static str] {
+    if connect_sync { &["connect_sync"] } else { &[] }
+}
+
+/// Whether `hook` is attached, given the opt-in hooks asked for.
+pub fn wanted(hook: &Hook, opt_in: &[&str]) -> bool {
+    !hook.opt_in || opt_in.contains(&hook.name)
+}
+
+/// Loads the object and attaches every hook (of the opt-in ones, those named in `opt_in`),
+/// forcing `mode` on the hooks that offer it. With
 /// `pins`, the maps are the pinned ones, the links come back to be pinned, and the programs stay
 /// idle until [`activate`].
 pub fn load_and_attach(
     kernel: &Kernel,
     mode: AttachMode,
+    opt_in: &[&str],
     flavor: Flavor,
     pins: Option<&Plan>,
 ) -> Result<Loaded, LoadError> {
     let mut ebpf = load(kernel, flavor, pins)?;
     let mut links = pins.map(|_| Vec::new());
     let mut hooks: Vec<HookReport> = Vec::new();
-    for hook in HOOKS {
+    for hook in HOOKS.iter().filter(|h| wanted(h, opt_in)) {
         let forced = mode != AttachMode::Auto && hook.chain.iter().any(|(m, _)| *m == mode);
         let mut report = HookReport {
             hook: hook.name,

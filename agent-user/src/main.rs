@@ -121,8 +121,14 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Check { attach } => status::check(attach.unwrap_or_default()),
-        Command::Trace { json, attach } => trace::run(attach.unwrap_or_default(), json),
+        Command::Check { attach, connect_sync } => {
+            status::check(attach.unwrap_or_default(), loader::opt_in(connect_sync))
+        }
+        Command::Trace {
+            json,
+            attach,
+            connect_sync,
+        } => trace::run(attach.unwrap_or_default(), loader::opt_in(connect_sync), json),
         Command::Status { listen } => status::status(listen),
     }
 }

@@ -234,8 +234,12 @@ pub fn render_agent(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, out: 
         .value(1.0);
 
     let mut attached: BTreeMap<_, bool> = BTreeMap::new();
+    // An opt-in hook left off has no report, and no series: it is not missing.
     for hook in HOOKS {
-        let used = info.hooks.iter().find(|h| h.hook == hook.name).and_then(|h| h.mode);
+        let Some(report) = info.hooks.iter().find(|h| h.hook == hook.name) else {
+            continue;
+        };
+        let used = report.mode;
         for (mode, _) in hook.chain {
             // A chain may list a mode twice (inbound: tcp_send_reset, then kfree_skb).
             let v = attached.entry((hook.name, mode.name())).or_default();
@@ -392,6 +396,11 @@ mod tests {
                     mode: Some(AttachMode::TpBtf),
                     refused: vec![],
                 },
+                HookReport {
+                    hook: "inbound",
+                    mode: None,
+                    refused: vec![(AttachMode::TpBtf, "no".into())],
+                },
             ],
         }
     }
@@ -480,6 +489,8 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         ] {
             assert_eq!(text.matches(line).count(), 1, "{line}\n{text}");
         }
+        // An opt-in hook left off (no report) is not missing: no series to alert on.
+        assert!(!text.contains("hook=\"connect_sync\""), "{text}");
         // No bpf stats: those families are left out, not written empty.
         assert!(!text.contains("refusal_agent_bpf_runs_total"), "{text}");
     }

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{api::Target, config::AttachMode, daemon, loader};
 
-pub fn check(mode: AttachMode) -> ExitCode {
+pub fn check(mode: AttachMode, opt_in: &[&str]) -> ExitCode {
     let kernel = match loader::prepare() {
         Ok(k) => k,
         Err(e) => {
@@ -33,13 +33,15 @@ pub fn check(mode: AttachMode) -> ExitCode {
     for ((hook, modes), spec) in probed.iter().zip(loader::HOOKS) {
         // The mode the daemon would use: the first that works, in chain order, of the forced
         // mode where the hook offers it (which it then must get, as `run` requires).
-        let forced = mode != AttachMode::Auto && modes.iter().any(|(m, _)| *m == mode);
+        let wanted = loader::wanted(spec, opt_in);
+        let forced = wanted && mode != AttachMode::Auto && modes.iter().any(|(m, _)| *m == mode);
         let chosen = modes.iter().position(|(m, r)| r.is_ok() && (!forced || *m == mode));
         all_ok &= chosen.is_some() || !(spec.required || forced);
         for (i, ((m, result), (_, attach))) in modes.iter().zip(spec.chain).enumerate() {
             let works = if result.is_ok() { "yes" } else { "no" };
             let detail = match result {
-                Ok(()) if Some(i) == chosen => "used".to_string(),
+                Ok(()) if Some(i) == chosen && wanted => "used".to_string(),
+                Ok(()) if Some(i) == chosen => format!("off: opt-in, run --{}", hook.replace('_', "-")),
                 Ok(()) => "available".to_string(),
                 Err(why) => why.clone(),
             };

@@ -141,11 +141,11 @@ fn realtime_offset_ns() -> i128 {
     now.as_nanos() as i128 - i128::from(monotonic_ns())
 }
 
-pub fn run(attach: AttachMode, json: bool) -> ExitCode {
+pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let kernel = loader::prepare().map_err(|e| e.to_string())?;
         let mut loaded =
-            loader::load_and_attach(&kernel, attach, loader::Flavor::Trace, None).map_err(|e| e.to_string())?;
+            loader::load_and_attach(&kernel, attach, opt_in, loader::Flavor::Trace, None).map_err(|e| e.to_string())?;
         let map = loaded.ebpf.take_map(names::EVENTS).ok_or("EVENTS map missing")?;
         let mut ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
         let mut resolver = CgroupResolver::new().ok();

@@ -89,6 +89,7 @@ const CONFIG_KEYS: &[&str] = &[
     "max_series",
     "log_format",
     "attach",
+    "connect_sync",
     "pin_dir",
     "keep_pins",
 ];

@@ -230,6 +230,7 @@ fn bad_configuration_exits_2_naming_the_key() {
         ),
         (&[], "min_attempts = \"three\"\n", "min_attempts", "expected u64"),
         (&[], "keep_pins = \"yes\"\n", "keep_pins", "boolean"),
+        (&[], "connect_sync = 1\n", "connect_sync", "boolean"),
         (&["--pin-dir", "pins"], "", "`pin_dir`", "absolute"),
         (&["--user", ""], "", "`user`", "user name or a numeric uid"),
     ];
@@ -284,9 +285,9 @@ fn sigterm_exits_0_within_2s_and_leaves_no_program_behind() {
     }
     let mut d = Daemon::start(&[]);
     let ours = program_ids(d.pid());
-    // The six programs attached on this kernel (state, connect_sync ×2, error_report,
-    // send_reset, receive_reset); refused modes leave nothing loaded.
-    assert_eq!(ours.len(), 6, "{ours:?}");
+    // The four programs attached on this kernel (state, error_report, send_reset,
+    // receive_reset; connect_sync is opt-in); refused modes leave nothing loaded.
+    assert_eq!(ours.len(), 4, "{ours:?}");
     assert!(ours.is_subset(&loaded_programs()));
     sh(&format!("kill -TERM {}", d.pid()));
     assert_eq!(

@@ -94,7 +94,9 @@ fn icmp_host_unreachable_and_no_route() {
     }
     let ns = Netns::new(12);
     ns.nft("table inet t {\n chain input {\n type filter hook input priority 0;\n tcp dport 7002 reject with icmpx type host-unreachable\n }\n}\n");
-    let d = Daemon::start(&[]);
+    // No-route failures come only from the opt-in syscall hook; the others must not be
+    // counted twice with it on.
+    let d = Daemon::start(&["--connect-sync"]);
     let target: SocketAddr = format!("{}:7002", ns.ns_ip()).parse().unwrap();
     let target6: SocketAddr = format!("[{}]:7002", ns.ns_ip6()).parse().unwrap();
     // Blocking connects: the ICMP for the first SYN comes back while connect(2) holds the
@@ -140,6 +142,48 @@ fn icmp_host_unreachable_and_no_route() {
         ("proto", "tcp"),
     ];
     assert_eq!(wait_value(&d, FAILURES, &noroute, 5.0), 5.0);
+}
+
+/// A RST in SYN_SENT is counted with the failure it causes (one map update, not two): it must
+/// still show as a reset received, and an ICMP refusal (the same ECONNREFUSED) must not.
+#[test]
+fn syn_sent_resets_counted_and_icmp_refusals_not() {
+    if !privileged("syn_sent_resets_counted_and_icmp_refusals_not") {
+        return;
+    }
+    let ns = Netns::new(14);
+    ns.nft("table inet t {\n chain input {\n type filter hook input priority 0;\n tcp dport 7004 reject with icmpx port-unreachable\n tcp dport 7005 reject with tcp reset\n }\n}\n");
+    let d = Daemon::start(&[]);
+    let (icmp, rst): (SocketAddr, SocketAddr) = (
+        format!("{}:7004", ns.ns_ip()).parse().unwrap(),
+        format!("{}:7005", ns.ns_ip()).parse().unwrap(),
+    );
+    let clients: Vec<_> = [icmp, icmp, icmp, rst, rst, rst, rst, rst]
+        .into_iter()
+        .map(|t| {
+            std::thread::Builder::new()
+                .name("refused".into())
+                .spawn(move || {
+                    let e = TcpStream::connect(t).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{t}: {e}");
+                })
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let ip = ns.ns_ip();
+    let labels = |port| [("comm", "refused"), ("dst_addr", ip.as_str()), ("dst_port", port)];
+    let refused = |port| [labels(port).as_slice(), &[("errno", "ECONNREFUSED")]].concat();
+    assert_eq!(wait_value(&d, FAILURES, &refused("7004"), 3.0), 3.0);
+    assert_eq!(wait_value(&d, FAILURES, &refused("7005"), 5.0), 5.0);
+    let m = d.metrics();
+    let received = "refusal_resets_received_total";
+    let syn_sent = |port| [labels(port).as_slice(), &[("state", "syn_sent")]].concat();
+    assert_eq!(value(&m, received, &syn_sent("7005")), 5.0, "{m}");
+    assert_eq!(value(&m, received, &labels("7005")), 5.0, "{m}");
+    assert_eq!(value(&m, received, &labels("7004")), 0.0, "{m}");
 }
 
 #[test]
@@ -324,21 +368,35 @@ fn check_lists_every_hook_and_exits_0() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let rows = |text: &str, hook: &str, end: &str| {
+        text.lines()
+            .filter(|l| l.split_whitespace().next() == Some(hook) && l.ends_with(end))
+            .count()
+    };
     for hook in [
         "state",
         "connect",
-        "connect_sync",
         "error_report",
         "send_reset",
         "inbound",
         "receive_reset",
     ] {
-        let used: Vec<_> = text
-            .lines()
-            .filter(|l| l.split_whitespace().next() == Some(hook) && l.ends_with("used"))
-            .collect();
-        assert_eq!(used.len(), 1, "{hook} should have exactly one mode in use:\n{text}");
+        assert_eq!(
+            rows(&text, hook, "used"),
+            1,
+            "{hook} should have exactly one mode in use:\n{text}"
+        );
     }
+    // The opt-in hook is shown off, and used once asked for.
+    assert_eq!(rows(&text, "connect_sync", "used"), 0, "{text}");
+    assert_eq!(
+        rows(&text, "connect_sync", "off: opt-in, run --connect-sync"),
+        1,
+        "{text}"
+    );
+    let out = Command::new(BIN).args(["check", "--connect-sync"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(rows(&String::from_utf8_lossy(&out.stdout), "connect_sync", "used"), 1);
     assert!(
         text.lines()
             .any(|l| l.starts_with("connect ") && l.contains("fentry") && l.contains("EPERM")),

@@ -41,17 +41,26 @@ enum Variant {
     None,
     Floor,
     Agent,
+    /// The agent with the opt-in `connect_sync` hook: what its syscall tracepoints cost.
+    AgentSync,
     Bpftrace,
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [Variant::None, Variant::Floor, Variant::Agent, Variant::Bpftrace];
+    const ALL: [Variant; 5] = [
+        Variant::None,
+        Variant::Floor,
+        Variant::Agent,
+        Variant::AgentSync,
+        Variant::Bpftrace,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Variant::None => "no tracing",
             Variant::Floor => "floor (empty programs, same hooks)",
             Variant::Agent => "refusal-agent",
+            Variant::AgentSync => "refusal-agent --connect-sync (opt-in hook)",
             Variant::Bpftrace => "bpftrace 0.17, same counting",
         }
     }
@@ -109,15 +118,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(floor: bool) -> Result<Daemon> {
+    fn start(flags: &[&str]) -> Result<Daemon> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let mut cmd = Command::new(bin("refusal-agent"));
         cmd.args(["run", "--listen", &addr.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if floor {
-            cmd.arg("--bench-empty-programs");
-        }
+            .stderr(Stdio::null())
+            .args(flags);
         let mut child = cmd.spawn().context("starting refusal-agent")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !get(addr, "/readyz").is_ok_and(|(c, _)| c == 200) {
@@ -285,14 +292,18 @@ fn one_round(v: Variant, o: &Opts) -> Result<Round> {
                 kernel: None,
             })
         }
-        Variant::Floor | Variant::Agent => {
-            let d = Daemon::start(v == Variant::Floor)?;
+        Variant::Floor | Variant::Agent | Variant::AgentSync => {
+            let d = Daemon::start(match v {
+                Variant::Floor => &["--bench-empty-programs"],
+                Variant::AgentSync => &["--connect-sync"],
+                _ => &[],
+            })?;
             let k0 = d.kernel_time()?;
             let refused_ns = client(&refused_args)?;
             let k1 = d.kernel_time()?;
             let success_ns = client(&success_args)?;
             let k2 = d.kernel_time()?;
-            if v == Variant::Agent {
+            if v != Variant::Floor {
                 let counted = value(
                     &d.metrics()?,
                     "refusal_connect_failures_total",
@@ -419,7 +430,7 @@ fn profile(o: &Opts, report: &mut String) -> Result<()> {
         "| program | refused: runs/connect | refused: ns/run | refused: ns/connect | successful: runs/round | successful: ns/run | successful: ns/round |"
     )?;
     writeln!(report, "| --- | --- | --- | --- | --- | --- | --- |")?;
-    let d = Daemon::start(false)?;
+    let d = Daemon::start(&[])?;
     let p0 = per_program(&d)?;
     client(&["refused".into(), free_port().to_string(), o.refused.to_string()])?;
     let p1 = per_program(&d)?;
@@ -460,7 +471,7 @@ fn profile(o: &Opts, report: &mut String) -> Result<()> {
 }
 
 fn cpu_at_rates(o: &Opts, report: &mut String) -> Result<Vec<(String, f64, f64)>> {
-    let d = Daemon::start(false)?;
+    let d = Daemon::start(&[])?;
     let secs: u64 = if o.smoke { 1 } else { 5 };
     let mut rows = Vec::new();
     for rate in [Some(1_000u64), Some(10_000), None] {
@@ -510,7 +521,7 @@ fn scan(first: u32, count: u32) {
 
 fn memory_and_scrape(o: &Opts, report: &mut String) -> Result<(f64, f64, f64, f64)> {
     let (scan_ports, series) = if o.smoke { (2_000, 1_000) } else { (65_535, 10_000) };
-    let d = Daemon::start(false)?;
+    let d = Daemon::start(&[])?;
     let rss0 = d.rss_mib()?;
     scan(1, scan_ports);
     let m = d.metrics()?;
@@ -522,7 +533,7 @@ fn memory_and_scrape(o: &Opts, report: &mut String) -> Result<(f64, f64, f64, f6
     );
     drop(d);
 
-    let d = Daemon::start(false)?;
+    let d = Daemon::start(&[])?;
     scan(20_000, series);
     // Let a tick resolve everything once before timing scrapes.
     std::thread::sleep(Duration::from_millis(500));
@@ -562,7 +573,7 @@ fn memory_and_scrape(o: &Opts, report: &mut String) -> Result<(f64, f64, f64, f6
 }
 
 fn latency(report: &mut String) -> Result<f64> {
-    let d = Daemon::start(false)?;
+    let d = Daemon::start(&[])?;
     let mut times = Vec::new();
     for _ in 0..9 {
         let port = free_port();

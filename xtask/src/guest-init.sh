@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of the `cargo xtask test-kernels` guest. Runs `check`, then for each attach mode named on
 # the kernel command line (ra.modes=a,b,…) `check --attach`, and `run --attach` and
-# `trace --attach` side by side while vm-client makes traffic with known counts. Prints
+# `trace --attach` side by side while vm-client makes traffic with known counts, all three with
+# the opt-in `--connect-sync` so that hook is proven too (the first `check` shows the default). Prints
 # everything as `@@ ` lines on the console for the host to judge; trace events are counted here
 # by kind and port (or reason). Run n uses ports 7000 + 100 n + 1…6: runs cannot see each other.
 /bin/busybox --install -s /bin
@@ -43,13 +44,13 @@ for mode in $modes; do
     p=$((7000 + 100 * run))
     say mode "$mode" "$p"
     stamp check
-    refusal-agent check --attach "$mode" > /tmp/check 2>&1
+    refusal-agent check --attach "$mode" --connect-sync > /tmp/check 2>&1
     say check-exit $?
     prefixed check < /tmp/check
     stamp run
-    refusal-agent trace --json --attach "$mode" > /tmp/trace 2> /tmp/trace.err &
+    refusal-agent trace --json --attach "$mode" --connect-sync > /tmp/trace 2> /tmp/trace.err &
     tpid=$!
-    refusal-agent run --attach "$mode" --listen 127.0.0.1:9977 > /tmp/agent.log 2>&1 &
+    refusal-agent run --attach "$mode" --connect-sync --listen 127.0.0.1:9977 > /tmp/agent.log 2>&1 &
     pid=$!
     ready=0
     for _ in $(seq 900); do
