@@ -2,7 +2,7 @@ use agent_common::{
     Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, owner_flags, proto, tcp_state,
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -15,11 +15,20 @@ use crate::sock::{self, Addr};
 #[map(name = "OWNERS")]
 pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
 
-/// Destination ports with an open refusal episode: successful connects to them are counted
-/// (errno 0 in `TARGETS`) so verdicts see the target come up. A failure adds its port at once
-/// (a success right after a refusal is not missed); user space removes ports whose episodes end.
+/// Destination ports with an open refusal episode, a byte per port (non-zero: watched):
+/// successful connects to them are counted (errno 0 in `TARGETS`) so verdicts see the target
+/// come up. A failure sets its port at once (a success right after a refusal is not missed);
+/// user space clears ports whose episodes end. An array, so the check on every successful
+/// connect and every failure is a few inlined instructions, not a hash lookup; memory-mapped
+/// by user space, which scans it on every tick without a syscall.
 #[map(name = "WATCH")]
-pub static WATCH: HashMap<u16, u8> = HashMap::with_max_entries(4096, 0);
+pub static WATCH: Array<u8> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+
+/// Whether successful connects to `port` are counted.
+#[inline(always)]
+pub fn watched(port: u16) -> bool {
+    WATCH.get(u32::from(port)).is_some_and(|w| *w != 0)
+}
 
 /// Connect outcomes per target and errno (errno 0: a success to a port being watched).
 /// Never evicted: when full, failures go to `OVERFLOW`.
@@ -273,8 +282,14 @@ fn count_target(key: &TargetKey, now: u64, resets: u64) {
 /// Starts counting successful connects to `port` (see `WATCH`).
 #[inline(always)]
 fn watch(port: u16) {
-    if WATCH.get_ptr(port).is_none() {
-        let _ = WATCH.insert(port, 1, 0);
+    if let Some(w) = WATCH.get_ptr_mut(u32::from(port)) {
+        // SAFETY: a byte of an array map; racing stores write the same value. Stored only when
+        // it changes, as below.
+        unsafe {
+            if *w == 0 {
+                *w = 1
+            }
+        };
     }
     if let Some(on) = CONFIG.get_ptr_mut(agent_common::config::WATCHING) {
         // SAFETY: a u32 in an array map; a racing store writes the same value. Stored only

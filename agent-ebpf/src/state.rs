@@ -10,8 +10,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{self, WATCH},
-    owner,
+    maps, owner,
     sock::{self, Btf, Mem, Probe},
 };
 
@@ -67,7 +66,7 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
 #[inline(always)]
 fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    if WATCH.get_ptr(dport).is_none() {
+    if !maps::watched(dport) {
         return Ok(0);
     }
     let o = owner::get(sk).unwrap_or(&owner::NOBODY);

@@ -18,6 +18,7 @@ use foldhash::HashMap;
 use crate::{
     batch,
     labels::{self, Interned, Label},
+    watch::WatchMap,
     workload::CgroupResolver,
 };
 
@@ -36,6 +37,8 @@ pub enum CollectError {
     MissingMap { name: &'static str },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: MapError },
+    #[error("mapping {name} into memory: {source}")]
+    Mmap { name: &'static str, source: std::io::Error },
 }
 
 /// Connect outcomes to one target with one errno, labels resolved. `errno` is `None` for
@@ -126,7 +129,7 @@ pub struct Collector {
     overflow: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     owners: BpfHashMap<MapData, u64, Owner>,
-    watch: BpfHashMap<MapData, u16, u8>,
+    watch: WatchMap,
     config: Array<MapData, u32>,
     /// Ports no episode needs any more, since when: removed after [`UNWATCH_AFTER`].
     unwatched: BTreeMap<u16, Instant>,
@@ -210,7 +213,13 @@ impl Collector {
             overflow: take(&mut ebpf, names::OVERFLOW)?,
             drops: take(&mut ebpf, names::DROPS)?,
             owners: take(&mut ebpf, names::OWNERS)?,
-            watch: take(&mut ebpf, names::WATCH)?,
+            watch: match ebpf.take_map(names::WATCH) {
+                Some(aya::maps::Map::Array(data)) => WatchMap::new(data).map_err(|source| CollectError::Mmap {
+                    name: names::WATCH,
+                    source,
+                })?,
+                _ => return Err(CollectError::MissingMap { name: names::WATCH }),
+            },
             config: take(&mut ebpf, names::CONFIG)?,
             unwatched: BTreeMap::new(),
             ebpf,
@@ -330,32 +339,18 @@ impl Collector {
 
     /// Makes the kernel's watch set follow `ports` (the ports of open episodes).
     pub fn set_watched(&mut self, ports: &BTreeSet<u16>) -> Result<(), CollectError> {
-        let map_err = |source| CollectError::Map {
-            name: names::WATCH,
-            source,
-        };
         let now = Instant::now();
-        let mut current = BTreeSet::new();
-        batch::for_each(self.watch.map(), false, |port: u16, _: &[u8]| {
-            current.insert(port);
-        })
-        .map_err(map_err)?;
+        let current: BTreeSet<u16> = self.watch.ports().collect();
         for port in &current {
             if ports.contains(port) {
                 self.unwatched.remove(port);
             } else if now.duration_since(*self.unwatched.entry(*port).or_insert(now)) >= UNWATCH_AFTER {
-                self.watch.remove(port).map_err(map_err)?;
+                self.watch.set(*port, false);
                 self.unwatched.remove(port);
             }
         }
-        for port in ports.iter().filter(|p| !current.contains(p)) {
-            match self.watch.insert(port, 1, 0) {
-                Ok(()) => {}
-                // Full: the kernel watches as many ports as the map holds, and the others once
-                // some of those close their episodes.
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => break,
-                Err(e) => return Err(map_err(e)),
-            }
+        for port in ports.difference(&current) {
+            self.watch.set(*port, true);
         }
         let on = u32::from(!ports.is_empty() || !self.unwatched.is_empty());
         self.config

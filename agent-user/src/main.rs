@@ -21,6 +21,7 @@ mod status;
 mod trace;
 mod tracefs;
 mod verdict;
+mod watch;
 mod webconfig;
 mod workload;
 

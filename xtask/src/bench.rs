@@ -224,12 +224,15 @@ impl Bpftrace {
     }
 }
 
-/// Runs the client loop; returns ns per operation.
+/// Runs the client loop, on the last CPU (migrations add noise); returns ns per operation.
 fn client(args: &[String]) -> Result<f64> {
-    let out = Command::new(bin("connect-loop"))
+    let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(bin("connect-loop"))
         .args(args)
         .output()
-        .context("connect-loop")?;
+        .context("taskset connect-loop (util-linux)")?;
     if !out.status.success() {
         bail!("connect-loop {args:?} failed");
     }
@@ -268,23 +271,51 @@ struct Round {
     kernel: Option<(f64, f64)>,
 }
 
+/// Loops per measurement: each variant's figure is the median of this many back-to-back
+/// loops, so one disturbed loop does not move it.
+const LOOPS: u64 = 3;
+
+/// The median ns per operation of [`LOOPS`] loops that make `n` operations in all.
+fn loops(kind: &str, port: Option<u16>, n: u64) -> Result<f64> {
+    let mut args = vec![kind.to_string()];
+    args.extend(port.map(|p| p.to_string()));
+    args.push((n / LOOPS).to_string());
+    Ok(median((0..LOOPS).map(|_| client(&args)).collect::<Result<_>>()?))
+}
+
 fn one_round(v: Variant, o: &Opts) -> Result<Round> {
     let port = free_port();
-    let refused_args = ["refused".to_string(), port.to_string(), o.refused.to_string()];
-    let success_args = ["success".to_string(), o.success.to_string()];
+    // Settles what starting a tracer stirs up (its loading, freed memory, first scrape) before
+    // anything is timed; the same for every variant.
+    let warm_up = || -> Result<()> {
+        std::thread::sleep(Duration::from_secs(1));
+        client(&["refused".into(), free_port().to_string(), (o.refused / 10).to_string()]).map(drop)
+    };
+    // What the loops make in all (a multiple of LOOPS).
+    let refused = o.refused / LOOPS * LOOPS;
+    let run = || -> Result<(f64, f64)> {
+        Ok((
+            loops("refused", Some(port), o.refused)?,
+            loops("success", None, o.success)?,
+        ))
+    };
     match v {
-        Variant::None => Ok(Round {
-            refused_ns: client(&refused_args)?,
-            success_ns: client(&success_args)?,
-            kernel: None,
-        }),
+        Variant::None => {
+            warm_up()?;
+            let (refused_ns, success_ns) = run()?;
+            Ok(Round {
+                refused_ns,
+                success_ns,
+                kernel: None,
+            })
+        }
         Variant::Bpftrace => {
             let bt = Bpftrace::start()?;
-            let refused_ns = client(&refused_args)?;
-            let success_ns = client(&success_args)?;
+            warm_up()?;
+            let (refused_ns, success_ns) = run()?;
             let counted = bt.stop(port)?;
-            if counted != o.refused {
-                bail!("bpftrace counted {counted} of {} refused connects", o.refused);
+            if counted != refused {
+                bail!("bpftrace counted {counted} of {refused} refused connects");
             }
             Ok(Round {
                 refused_ns,
@@ -298,10 +329,11 @@ fn one_round(v: Variant, o: &Opts) -> Result<Round> {
                 Variant::AgentSync => &["--connect-sync"],
                 _ => &[],
             })?;
+            warm_up()?;
             let k0 = d.kernel_time()?;
-            let refused_ns = client(&refused_args)?;
+            let refused_ns = loops("refused", Some(port), o.refused)?;
             let k1 = d.kernel_time()?;
-            let success_ns = client(&success_args)?;
+            let success_ns = loops("success", None, o.success)?;
             let k2 = d.kernel_time()?;
             if v != Variant::Floor {
                 let counted = value(
@@ -309,11 +341,12 @@ fn one_round(v: Variant, o: &Opts) -> Result<Round> {
                     "refusal_connect_failures_total",
                     &[("dst_port", &port.to_string())],
                 );
-                if counted != o.refused as f64 {
-                    bail!("refusal-agent counted {counted} of {} refused connects", o.refused);
+                if counted != refused as f64 {
+                    bail!("refusal-agent counted {counted} of {refused} refused connects");
                 }
             }
-            let kernel = ((k1.0 - k0.0) / o.refused as f64, (k2.0 - k1.0) / o.success as f64);
+            let success = (o.success / LOOPS * LOOPS) as f64;
+            let kernel = ((k1.0 - k0.0) / refused as f64, (k2.0 - k1.0) / success);
             Ok(Round {
                 refused_ns,
                 success_ns,
@@ -325,43 +358,49 @@ fn one_round(v: Variant, o: &Opts) -> Result<Round> {
 
 fn overhead(o: &Opts, report: &mut String) -> Result<Vec<(Variant, Samples)>> {
     let mut samples: Vec<(Variant, Samples)> = Variant::ALL.iter().map(|v| (*v, Samples::default())).collect();
-    for r in 0..o.rounds {
-        let mut order = Variant::ALL;
-        order.rotate_left(r % Variant::ALL.len());
-        let mut round: Vec<(Variant, Round)> = Vec::new();
-        for v in order {
-            round.push((v, one_round(v, o)?));
+    let mut record = |v: Variant, m: &Round, base: (f64, f64)| -> Result<()> {
+        let s = &mut samples.iter_mut().find(|(sv, _)| *sv == v).context("variant")?.1;
+        s.refused_ns.push(m.refused_ns);
+        s.success_ns.push(m.success_ns);
+        s.refused_ratio.push(m.refused_ns / base.0);
+        s.success_ratio.push(m.success_ns / base.1);
+        if let Some((kr, ks)) = m.kernel {
+            s.refused_kernel_ns.push(kr);
+            s.success_kernel_ns.push(ks);
         }
-        let base = round
-            .iter()
-            .find(|(v, _)| *v == Variant::None)
-            .map(|(_, r)| (r.refused_ns, r.success_ns))
-            .context("baseline")?;
-        for (v, m) in round {
-            let s = &mut samples.iter_mut().find(|(sv, _)| *sv == v).context("variant")?.1;
-            s.refused_ns.push(m.refused_ns);
-            s.success_ns.push(m.success_ns);
-            s.refused_ratio.push(m.refused_ns / base.0);
-            s.success_ratio.push(m.success_ns / base.1);
-            if let Some((kr, ks)) = m.kernel {
-                s.refused_kernel_ns.push(kr);
-                s.success_kernel_ns.push(ks);
-            }
+        Ok(())
+    };
+    let traced = &Variant::ALL[1..];
+    for r in 0..o.rounds {
+        let mut order = traced.to_vec();
+        order.rotate_left(r % traced.len());
+        // Every traced variant sits between two untraced measurements and is compared with
+        // their mean: the machine's speed drifts over seconds, which this cancels.
+        let mut before = one_round(Variant::None, o)?;
+        for v in order {
+            let m = one_round(v, o)?;
+            let after = one_round(Variant::None, o)?;
+            let mean = |f: fn(&Round) -> f64| (f(&before) + f(&after)) / 2.0;
+            record(v, &m, (mean(|r| r.refused_ns), mean(|r| r.success_ns)))?;
+            record(Variant::None, &before, (before.refused_ns, before.success_ns))?;
+            before = after;
         }
         eprintln!("bench: round {}/{} done", r + 1, o.rounds);
     }
     writeln!(report, "### 1–2. Connect-path overhead and kernel time\n")?;
     writeln!(
         report,
-        "{} interleaved rounds (variant order rotated each round); per round and variant, {} refused connects to a closed \
-         loopback port and {} connect/accept/close rounds. Ratios are per-round pairs against no tracing, then the median; \
+        "{} interleaved rounds (traced variants' order rotated each round, each one between two untraced measurements); \
+         per measurement, {} refused connects to a closed loopback port and {} connect/accept/close rounds, each as the \
+         median of {LOOPS} back-to-back loops. Ratios are per measurement against the mean of the untraced ones on either \
+         side, then the median over rounds; \
          kernel time is the sum of `run_time_ns` over the agent's programs (`kernel.bpf_stats_enabled=1`) divided by the \
          connects. bpftrace and refusal-agent counts were checked exact every round.\n",
         o.rounds, o.refused, o.success
     )?;
     writeln!(
         report,
-        "| variant | refused: ns/connect | refused: ratio | refused: added ns | refused: kernel ns | successful: ns/round | successful: ratio | successful: added ns | successful: kernel ns |"
+        "| variant | refused: ns/connect | refused: ratio (range) | refused: added ns | refused: kernel ns | successful: ns/round | successful: ratio (range) | successful: added ns | successful: kernel ns |"
     )?;
     writeln!(report, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
     let base_r = median(samples[0].1.refused_ns.clone());
@@ -376,17 +415,22 @@ fn overhead(o: &Opts, report: &mut String) -> Result<Vec<(Variant, Samples)>> {
                 format!("{x:.0}")
             }
         };
+        // The median ratio, the spread of the rounds' ratios, and what the median adds to
+        // the untraced median.
+        let ratio = |r: &[f64], base: f64| {
+            let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            let m = median(r.to_vec());
+            (format!("{m:.3} ({lo:.2}–{hi:.2})"), format!("{:+.0}", (m - 1.0) * base))
+        };
+        let (rr, ra) = ratio(&s.refused_ratio, base_r);
+        let (sr, sa) = ratio(&s.success_ratio, base_s);
         writeln!(
             report,
-            "| {} | {:.0} | {:.3} | {:+.0} | {} | {:.0} | {:.3} | {:+.0} | {} |",
+            "| {} | {:.0} | {rr} | {ra} | {} | {:.0} | {sr} | {sa} | {} |",
             v.name(),
             median(s.refused_ns.clone()),
-            median(s.refused_ratio.clone()),
-            median(s.refused_ns.clone()) - base_r,
             k(kr),
             median(s.success_ns.clone()),
-            median(s.success_ratio.clone()),
-            median(s.success_ns.clone()) - base_s,
             k(ks),
         )?;
     }
