@@ -13,6 +13,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::root;
 
+mod share;
+
 pub struct Opts {
     pub rounds: usize,
     pub refused: u64,
@@ -224,11 +226,15 @@ impl Bpftrace {
     }
 }
 
-/// Runs the client loop, on the last CPU (migrations add noise); returns ns per operation.
+/// The CPU the client loops run on: the last (migrations add noise).
+fn client_cpu() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
+}
+
+/// Runs the client loop on [`client_cpu`]; returns ns per operation.
 fn client(args: &[String]) -> Result<f64> {
-    let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
     let out = Command::new("taskset")
-        .args(["-c", &cpu.to_string()])
+        .args(["-c", &client_cpu().to_string()])
         .arg(bin("connect-loop"))
         .args(args)
         .output()
@@ -283,77 +289,115 @@ fn loops(kind: &str, port: Option<u16>, n: u64) -> Result<f64> {
     Ok(median((0..LOOPS).map(|_| client(&args)).collect::<Result<_>>()?))
 }
 
-fn one_round(v: Variant, o: &Opts) -> Result<Round> {
-    let port = free_port();
-    // Settles what starting a tracer stirs up (its loading, freed memory, first scrape) before
-    // anything is timed; the same for every variant.
-    let warm_up = || -> Result<()> {
+/// What a variant runs while the loops are timed.
+enum Tracer {
+    None,
+    Agent(Daemon),
+    Bpftrace(Bpftrace),
+}
+
+impl Tracer {
+    /// Starts `v`'s tracer, then settles what starting it stirs up (loading, freed memory, the
+    /// first scrape) before anything is timed; the same for every variant.
+    fn start(v: Variant, o: &Opts) -> Result<Tracer> {
+        let t = match v {
+            Variant::None => Tracer::None,
+            Variant::Bpftrace => Tracer::Bpftrace(Bpftrace::start()?),
+            Variant::Floor => Tracer::Agent(Daemon::start(&["--bench-empty-programs"])?),
+            Variant::Agent => Tracer::Agent(Daemon::start(&[])?),
+            Variant::AgentSync => Tracer::Agent(Daemon::start(&["--connect-sync"])?),
+        };
         std::thread::sleep(Duration::from_secs(1));
-        client(&["refused".into(), free_port().to_string(), (o.refused / 10).to_string()]).map(drop)
-    };
-    // What the loops make in all (a multiple of LOOPS).
-    let refused = o.refused / LOOPS * LOOPS;
-    let run = || -> Result<(f64, f64)> {
-        Ok((
-            loops("refused", Some(port), o.refused)?,
-            loops("success", None, o.success)?,
-        ))
-    };
-    match v {
-        Variant::None => {
-            warm_up()?;
-            let (refused_ns, success_ns) = run()?;
-            Ok(Round {
-                refused_ns,
-                success_ns,
-                kernel: None,
-            })
+        client(&["refused".into(), free_port().to_string(), (o.refused / 10).to_string()])?;
+        Ok(t)
+    }
+
+    /// Stops it, checking that it counted exactly `refused` failures to `port` where it counts.
+    fn stop(self, v: Variant, port: u16, refused: u64) -> Result<()> {
+        let counted = match self {
+            Tracer::Bpftrace(bt) => bt.stop(port)? as f64,
+            Tracer::Agent(d) if v != Variant::Floor => value(
+                &d.metrics()?,
+                "refusal_connect_failures_total",
+                &[("dst_port", &port.to_string())],
+            ),
+            _ => return Ok(()),
+        };
+        if counted != refused as f64 {
+            bail!("{} counted {counted} of {refused} refused connects", v.name());
         }
-        Variant::Bpftrace => {
-            let bt = Bpftrace::start()?;
-            warm_up()?;
-            let (refused_ns, success_ns) = run()?;
-            let counted = bt.stop(port)?;
-            if counted != refused {
-                bail!("bpftrace counted {counted} of {refused} refused connects");
-            }
-            Ok(Round {
-                refused_ns,
-                success_ns,
-                kernel: None,
-            })
-        }
-        Variant::Floor | Variant::Agent | Variant::AgentSync => {
-            let d = Daemon::start(match v {
-                Variant::Floor => &["--bench-empty-programs"],
-                Variant::AgentSync => &["--connect-sync"],
-                _ => &[],
-            })?;
-            warm_up()?;
-            let k0 = d.kernel_time()?;
-            let refused_ns = loops("refused", Some(port), o.refused)?;
-            let k1 = d.kernel_time()?;
-            let success_ns = loops("success", None, o.success)?;
-            let k2 = d.kernel_time()?;
-            if v != Variant::Floor {
-                let counted = value(
-                    &d.metrics()?,
-                    "refusal_connect_failures_total",
-                    &[("dst_port", &port.to_string())],
-                );
-                if counted != refused as f64 {
-                    bail!("refusal-agent counted {counted} of {refused} refused connects");
-                }
-            }
-            let success = (o.success / LOOPS * LOOPS) as f64;
-            let kernel = ((k1.0 - k0.0) / refused as f64, (k2.0 - k1.0) / success);
-            Ok(Round {
-                refused_ns,
-                success_ns,
-                kernel: Some(kernel),
-            })
+        Ok(())
+    }
+
+    fn kernel_time(&self) -> Result<Option<(f64, f64)>> {
+        match self {
+            Tracer::Agent(d) => d.kernel_time().map(Some),
+            _ => Ok(None),
         }
     }
+}
+
+fn one_round(v: Variant, o: &Opts) -> Result<Round> {
+    let port = free_port();
+    // What the loops make in all (multiples of LOOPS).
+    let (refused, success) = (o.refused / LOOPS * LOOPS, o.success / LOOPS * LOOPS);
+    let t = Tracer::start(v, o)?;
+    let k0 = t.kernel_time()?;
+    let refused_ns = loops("refused", Some(port), o.refused)?;
+    let k1 = t.kernel_time()?;
+    let success_ns = loops("success", None, o.success)?;
+    let k2 = t.kernel_time()?;
+    t.stop(v, port, refused)?;
+    let kernel = match (k0, k1, k2) {
+        (Some(k0), Some(k1), Some(k2)) => Some(((k1.0 - k0.0) / refused as f64, (k2.0 - k1.0) / success as f64)),
+        _ => None,
+    };
+    Ok(Round {
+        refused_ns,
+        success_ns,
+        kernel,
+    })
+}
+
+/// Tracing code's share of the client CPU during refused connects, per variant (perf): a
+/// figure from within one run, which the machine's drifting speed does not move.
+fn shares(o: &Opts, report: &mut String) -> Result<Vec<(Variant, f64)>> {
+    let cpu = client_cpu();
+    let mut out = Vec::new();
+    for v in Variant::ALL {
+        let port = free_port();
+        let t = Tracer::start(v, o)?;
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string()]).arg(bin("connect-loop")).args([
+            "refused",
+            &port.to_string(),
+            &o.refused.to_string(),
+        ]);
+        let share = share::tracing_share(cpu, &mut cmd)?;
+        t.stop(v, port, o.refused)?;
+        out.push((v, share));
+    }
+    writeln!(report, "### Profile: tracing code's share of a refused connect\n")?;
+    writeln!(
+        report,
+        "`perf record -F 10000` on the client's CPU during {} refused connects per variant: the samples in BPF programs, \
+         tracepoint glue, the syscall-tracepoint slow path, map code and helpers, as a share of all samples; as overhead, \
+         share / (1 − share) is what that code adds to an untraced connect. Taken inside each run, so the machine's \
+         drifting speed (the ranges above) does not move it; it leaves out indirect costs such as cache misses.\n",
+        o.refused
+    )?;
+    writeln!(report, "| variant | share of CPU samples | as overhead |")?;
+    writeln!(report, "| --- | --- | --- |")?;
+    for (v, s) in &out {
+        writeln!(report, "| {} | {s:.2} % | {:+.1} % |", v.name(), as_overhead(*s))?;
+    }
+    writeln!(report)?;
+    Ok(out)
+}
+
+/// A share of a traced run's time (percent) as overhead on the untraced run (percent).
+fn as_overhead(share: f64) -> f64 {
+    share / (100.0 - share) * 100.0
 }
 
 fn overhead(o: &Opts, report: &mut String) -> Result<Vec<(Variant, Samples)>> {
@@ -670,10 +714,13 @@ pub fn run(o: &Opts) -> Result<()> {
     if let Some(part) = o.only {
         let mut report = String::new();
         match part {
-            Part::Kernel => with_bpf_stats(|| {
-                overhead(o, &mut report)?;
-                profile(o, &mut report)
-            })?,
+            Part::Kernel => {
+                with_bpf_stats(|| {
+                    overhead(o, &mut report)?;
+                    profile(o, &mut report)
+                })?;
+                shares(o, &mut report)?;
+            }
             Part::Memory => {
                 memory_and_scrape(o, &mut report)?;
             }
@@ -685,14 +732,25 @@ pub fn run(o: &Opts) -> Result<()> {
         return Ok(());
     }
     let mut report = String::new();
-    with_bpf_stats(|| {
+    let (samples, cpu, rss_series, scrape_ms, latency_ms) = with_bpf_stats(|| {
         let samples = overhead(o, &mut report)?;
         profile(o, &mut report)?;
         let cpu = cpu_at_rates(o, &mut report)?;
         let (_, rss_series, scrape_ms, _) = memory_and_scrape(o, &mut report)?;
         let latency_ms = latency(&mut report)?;
-        targets(&samples, &cpu, rss_series, scrape_ms, latency_ms, &mut report)
+        Ok((samples, cpu, rss_series, scrape_ms, latency_ms))
     })?;
+    // Without bpf stats, whose clock reads would count as tracing code.
+    let shares = shares(o, &mut report)?;
+    let measured = Measured {
+        samples,
+        shares,
+        cpu,
+        rss_series,
+        scrape_ms,
+        latency_ms,
+    };
+    targets(&measured, &mut report)?;
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d")
@@ -719,36 +777,49 @@ fn with_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-fn targets(
-    samples: &[(Variant, Samples)],
-    cpu: &[(String, f64, f64)],
+/// Everything the targets are judged on.
+struct Measured {
+    samples: Vec<(Variant, Samples)>,
+    shares: Vec<(Variant, f64)>,
+    cpu: Vec<(String, f64, f64)>,
     rss_series: f64,
     scrape_ms: f64,
     latency_ms: f64,
-    report: &mut String,
-) -> Result<()> {
-    let get = |v: Variant| &samples.iter().find(|(sv, _)| *sv == v).expect("every variant ran").1;
+}
+
+fn targets(m: &Measured, report: &mut String) -> Result<()> {
+    let get = |v: Variant| &m.samples.iter().find(|(sv, _)| *sv == v).expect("every variant ran").1;
     let (floor, agent, bt) = (get(Variant::Floor), get(Variant::Agent), get(Variant::Bpftrace));
     let over = |s: &Samples| (median(s.refused_ratio.clone()) - 1.0) * 100.0;
     let (agent_pp, floor_pp, bt_pp) = (over(agent), over(floor), over(bt));
+    let share = |v: Variant| as_overhead(m.shares.iter().find(|(sv, _)| *sv == v).map_or(f64::NAN, |s| s.1));
+    let (agent_pr, floor_pr, bt_pr) = (share(Variant::Agent), share(Variant::Floor), share(Variant::Bpftrace));
     let kr = median(agent.refused_kernel_ns.clone()) / median(floor.refused_kernel_ns.clone());
     let ks = median(agent.success_kernel_ns.clone()) / median(floor.success_kernel_ns.clone());
-    let max_cpu = cpu.last().map_or(f64::NAN, |c| c.2);
+    let max_cpu = m.cpu.last().map_or(f64::NAN, |c| c.2);
     let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
     writeln!(report, "### 7. Targets\n")?;
     writeln!(report, "| target | measured | |")?;
     writeln!(report, "| --- | --- | --- |")?;
+    let third = (agent_pp <= bt_pp / 3.0, agent_pr <= bt_pr / 3.0);
+    let near = (agent_pp - floor_pp <= 2.0, agent_pr - floor_pr <= 2.0);
     let rows = [
         (
-            "refused-connect overhead ≤ ⅓ of bpftrace's".to_string(),
+            "refused-connect overhead ≤ ⅓ of bpftrace's: wall clock".to_string(),
             format!("{agent_pp:+.1} % vs bpftrace {bt_pp:+.1} %"),
-            agent_pp <= bt_pp / 3.0,
+            third.0,
         ),
         (
-            "… and within 2 points of the floor".to_string(),
-            format!("floor {floor_pp:+.1} %"),
-            agent_pp - floor_pp <= 2.0,
+            "… by profile (tracing code's share)".to_string(),
+            format!("{agent_pr:+.1} % vs bpftrace {bt_pr:+.1} %"),
+            third.1,
         ),
+        (
+            "… and within 2 points of the floor: wall clock".to_string(),
+            format!("floor {floor_pp:+.1} %"),
+            near.0,
+        ),
+        ("… by profile".to_string(), format!("floor {floor_pr:+.1} %"), near.1),
         (
             "kernel time per refused connect ≤ 2.5× floor".to_string(),
             format!("{kr:.2}×"),
@@ -766,18 +837,18 @@ fn targets(
         ),
         (
             "RSS ≤ 48 MiB at 10,000 series".to_string(),
-            format!("{rss_series:.1} MiB"),
-            rss_series <= 48.0,
+            format!("{:.1} MiB", m.rss_series),
+            m.rss_series <= 48.0,
         ),
         (
             "scrape ≤ 50 ms at 10,000 series".to_string(),
-            format!("{scrape_ms:.1} ms"),
-            scrape_ms <= 50.0,
+            format!("{:.1} ms", m.scrape_ms),
+            m.scrape_ms <= 50.0,
         ),
         (
             "event-to-metric latency ≤ 1 s".to_string(),
-            format!("{latency_ms:.1} ms"),
-            latency_ms <= 1000.0,
+            format!("{:.1} ms", m.latency_ms),
+            m.latency_ms <= 1000.0,
         ),
         (
             "zero lost counts".to_string(),
@@ -785,35 +856,59 @@ fn targets(
             true,
         ),
     ];
+    let unmet = rows.iter().filter(|r| !r.2).count();
     for (what, measured, ok) in rows {
         writeln!(report, "| {what} | {measured} | {} |", verdict(ok))?;
     }
     writeln!(report)?;
-    writeln!(
-        report,
-        "### Why the unmet targets are not met (read with the profile above)\n\n\
-         - **Kernel time ({kr:.2}× / {ks:.2}× the floor).** The floor is the same programs returning at once, so \
-         the ratio is the work itself. Per refused connect the agent keeps four things where the libbpf \
-         prototype of TOOLCHAIN.md kept two: the owner and the outbound failure (`sock_state_btf`, two \
-         runs: an owner insert at SYN_SENT, then 5 probe reads and 3 hash operations at CLOSE), the inbound \
-         refusal (`send_reset_btf`: packet header reads and a hash update), the RST received \
-         (`receive_reset_btf`) and, for UDP, the error report (`error_report_btf` reads the socket's \
-         protocol on every TCP error report too). Known next steps: one probe read for the contiguous \
-         `sock_common` fields instead of four; counting the SYN_SENT reset as a flag on the failure \
-         instead of a second hash update; skipping the owner delete for sockets that never had one.\n\
-         - **Wall-clock overhead ({agent_pp:+.1} % vs bpftrace {bt_pp:+.1} %).** bpftrace counts only \
-         the outbound failure here; the agent also counts inbound refusals and resets, and \
-         `connect_sync` hooks two classic syscall tracepoints whose record building costs on every \
-         connect(2) (it shows in the floor's {floor_pp:+.1} % too).\n"
-    )?;
-    if rss_series > 48.0 || scrape_ms > 50.0 {
+    if unmet == 0 {
+        return Ok(());
+    }
+    writeln!(report, "### Why what is not met is not met\n")?;
+    if (!third.0 && third.1) || (!near.0 && near.1) {
         writeln!(
             report,
-            "- **RSS and scrape at 10,000 series ({rss_series:.1} MiB, {scrape_ms:.0} ms).** A scrape reads \
-             every entry of the per-target maps (`BPF_MAP_LOOKUP_BATCH`, a few thousand keys a call; about \
-             half of its time, spent in the kernel copying per-CPU values) and writes some 50,000 lines \
-             from label text kept per series; the 250 ms tick reads two of those maps too, so a scrape \
-             can wait for one.\n"
+            "- **Wall clock against profile.** The untraced loop's speed drifts by several percent over seconds on \
+             this machine (the ranges in the first table), more than the differences judged here; the profile measures \
+             each tracer's code inside its own run and meets the target. The wall-clock medians are kept as measured.\n"
+        )?;
+    }
+    if !third.1 {
+        writeln!(
+            report,
+            "- **A third of bpftrace's ({agent_pr:+.1} % against {bt_pr:+.1} %).** The floor alone is {floor_pr:+.1} %: \
+             the four hooks the agent needs fire six times per refused connect (state change twice, error report twice, \
+             RST sent, RST received), and entering a program costs that much before it does anything. bpftrace counts \
+             only the outbound failure, on one tracepoint; the agent also counts the inbound refusal and the RSTs, and \
+             its own work on top of the floor is {:+.1} points.\n",
+            agent_pr - floor_pr
+        )?;
+    }
+    if !near.1 {
+        writeln!(
+            report,
+            "- **Within 2 points of the floor ({:+.1} points).** The agent's work per refused connect: the owner at \
+             SYN_SENT (a direct-mapped array slot), the failure at CLOSE (one per-CPU hash update), the inbound \
+             refusal (one probe read of the packet headers, one per-CPU hash update), the RST in SYN_SENT (a flag \
+             on the owner); see the kernel-time profile.\n",
+            agent_pr - floor_pr
+        )?;
+    }
+    if kr > 2.5 || ks > 1.8 {
+        writeln!(
+            report,
+            "- **Kernel time ({kr:.2}× / {ks:.2}× the floor).** The floor is the same programs returning at once, so \
+             the ratio is the work itself: per refused connect two hash updates (target, inbound), one probe read, \
+             the owner's array slot twice; see the kernel-time profile.\n"
+        )?;
+    }
+    if m.rss_series > 48.0 || m.scrape_ms > 50.0 {
+        writeln!(
+            report,
+            "- **RSS and scrape at 10,000 series ({:.1} MiB, {:.0} ms).** A scrape reads every entry of the per-target \
+             maps (`BPF_MAP_LOOKUP_BATCH`) and writes some 50,000 lines from label text kept per series; the 250 ms \
+             tick reads two of those maps too, so a scrape can wait for one.\n",
+            m.rss_series, m.scrape_ms
         )?;
     }
     Ok(())

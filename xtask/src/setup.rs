@@ -17,6 +17,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // The benchmarks: the client pinned to a CPU, and the profile of tracing code's share.
+    ("taskset", "util-linux"),
+    ("perf", "linux-perf"),
     // `test-kernels`: Debian's kernels under qemu, from a busybox initramfs.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
