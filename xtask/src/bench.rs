@@ -380,8 +380,9 @@ fn shares(o: &Opts, report: &mut String) -> Result<Vec<(Variant, f64)>> {
     writeln!(report, "### Profile: tracing code's share of a refused connect\n")?;
     writeln!(
         report,
-        "`perf record -F 10000` on the client's CPU during {} refused connects per variant: the samples in BPF programs, \
-         tracepoint glue, the syscall-tracepoint slow path, map code and helpers, as a share of all samples; as overhead, \
+        "`perf record -g -F 10000` on the client's CPU during {} refused connects per variant: the samples whose stack \
+         passes through tracing (a tracepoint's probes, BPF or classic, with the programs, maps, helpers and locks under \
+         them; the syscall slow path that syscall tracepoints turn on), as a share of all samples; as overhead, \
          share / (1 − share) is what that code adds to an untraced connect. Taken inside each run, so the machine's \
          drifting speed (the ranges above) does not move it; it leaves out indirect costs such as cache misses.\n",
         o.refused
