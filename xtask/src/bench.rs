@@ -156,12 +156,15 @@ impl Daemon {
         ))
     }
 
-    /// User + system CPU seconds of the daemon so far.
+    /// CPU seconds of the daemon's threads so far, to the nanosecond (`/proc/<pid>/task/*/schedstat`;
+    /// `/proc/<pid>/stat` counts 10 ms ticks, too coarse for seconds of a mostly idle daemon).
     fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let fields: Vec<&str> = stat.rsplit_once(") ").context("stat")?.1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0)
+        let mut ns = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+            ns += stat.split_whitespace().next().context("schedstat")?.parse::<u64>()?;
+        }
+        Ok(ns as f64 / 1e9)
     }
 
     fn rss_mib(&self) -> Result<f64> {
@@ -590,7 +593,8 @@ fn cpu_at_rates(o: &Opts, report: &mut String) -> Result<Vec<(String, f64, f64)>
     writeln!(report, "### 3. Daemon CPU per million refusals\n")?;
     writeln!(
         report,
-        "User + system time of the daemon from `/proc/<pid>/stat` (10 ms ticks) while the loop ran; every refusal counted exactly.\n"
+        "CPU time of the daemon's threads from `/proc/<pid>/task/*/schedstat` (nanoseconds) while the loop ran; every \
+         refusal counted exactly.\n"
     )?;
     writeln!(report, "| rate | CPU s per million refusals | CPU % of one core |")?;
     writeln!(report, "| --- | --- | --- |")?;
@@ -712,6 +716,7 @@ pub fn run(o: &Opts) -> Result<()> {
         build.arg("--release");
     }
     crate::run(&mut build)?;
+    no_other_tracer()?;
     if let Some(part) = o.only {
         let mut report = String::new();
         match part {
@@ -758,13 +763,41 @@ pub fn run(o: &Opts) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
     let doc = format!(
-        "# Benchmarks\n\nRegenerate with `cargo xtask bench` (as root; about 2 minutes after the release build). Machine: {}. Date: {date}. \
+        "# Benchmarks\n\nRegenerate with `cargo xtask bench` (as root; about 5 minutes after the release build). Machine: {}. Date: {date}. \
          Every figure is a median of interleaved rounds or of per-round ratios taken in one invocation; these machines are \
          shared and noisy, so wall-clock ratios move by a few percent between runs while kernel time per program is steady.\n\n{report}",
         machine()
     );
     std::fs::write(&o.out, doc).with_context(|| format!("writing {}", o.out.display()))?;
     eprintln!("bench: wrote {}", o.out.display());
+    Ok(())
+}
+
+/// Refuses to measure with another tracer attached: it would run in every variant, the
+/// untraced one too. (A refusal-agent stopped with `--keep-pins` keeps counting: one left
+/// behind once made every figure here noisy and the untraced connect twice as slow.)
+fn no_other_tracer() -> Result<()> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "list"])
+        .output()
+        .context("bpftool link list (apt-get install bpftool)")?;
+    let links = String::from_utf8_lossy(&out.stdout);
+    let tracing = [
+        "raw_tracepoint",
+        "perf_event",
+        "tracing",
+        "kprobe_multi",
+        "uprobe_multi",
+    ]
+    .iter()
+    .map(|t| links.matches(&format!("\"type\":\"{t}\"")).count())
+    .sum::<usize>();
+    if tracing > 0 {
+        bail!(
+            "{tracing} tracing BPF links are attached already (`bpftool link list`): they would run in every variant, \
+             the untraced one too. Detach them first (a pin directory left by `refusal-agent run --keep-pins`: rm -r it)"
+        );
+    }
     Ok(())
 }
 
@@ -880,8 +913,8 @@ fn targets(m: &Measured, report: &mut String) -> Result<()> {
             "- **A third of bpftrace's ({agent_pr:+.1} % against {bt_pr:+.1} %).** The floor alone is {floor_pr:+.1} %: \
              the four hooks the agent needs fire six times per refused connect (state change twice, error report twice, \
              RST sent, RST received), and entering a program costs that much before it does anything. bpftrace counts \
-             only the outbound failure, on one tracepoint; the agent also counts the inbound refusal and the RSTs, and \
-             its own work on top of the floor is {:+.1} points.\n",
+             the same signals on classic tracepoints, four programs and three hash maps; the agent's own work on top of \
+             its floor is {:+.1} points, the work listed next.\n",
             agent_pr - floor_pr
         )?;
     }
@@ -891,7 +924,10 @@ fn targets(m: &Measured, report: &mut String) -> Result<()> {
             "- **Within 2 points of the floor ({:+.1} points).** The agent's work per refused connect: the owner at \
              SYN_SENT (a direct-mapped array slot), the failure at CLOSE (one per-CPU hash update), the inbound \
              refusal (one probe read of the packet headers, one per-CPU hash update), the RST in SYN_SENT (a flag \
-             on the owner); see the kernel-time profile.\n",
+             on the owner); see the kernel-time profile, where `send_reset_btf` and `sock_state_btf` carry nearly \
+             all of it. Taking pieces out one at a time put the largest single cost in the inbound refusal's \
+             packet read: the bytes behind `skb->head` have no BTF type, so a tracing program can only probe-read \
+             them (`bpf_skb_load_bytes` and skb dynptrs are for networking programs); its hash update costs little.\n",
             agent_pr - floor_pr
         )?;
     }
