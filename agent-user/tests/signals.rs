@@ -31,6 +31,26 @@ fn connect_with_syncnt(addr: SocketAddr, syn_retries: i32) -> std::io::Error {
     }
 }
 
+/// Blocking connects to `targets` at once, each from a thread named `comm` (the comm the agent
+/// sees), each failing with `errno`.
+fn connects_fail(comm: &str, targets: &[SocketAddr], errno: i32) {
+    let clients: Vec<_> = targets
+        .iter()
+        .map(|&t| {
+            std::thread::Builder::new()
+                .name(comm.into())
+                .spawn(move || {
+                    let e = TcpStream::connect(t).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(errno), "{t}: {e}");
+                })
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
 fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: zeroed sockaddr_storage is valid; we fill the family's fields.
     let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -101,21 +121,7 @@ fn icmp_host_unreachable_and_no_route() {
     let target6: SocketAddr = format!("[{}]:7002", ns.ns_ip6()).parse().unwrap();
     // Blocking connects: the ICMP for the first SYN comes back while connect(2) holds the
     // socket (a soft error, see README "Known limits"); the one for the retransmission is hard.
-    let clients: Vec<_> = [target, target, target, target6]
-        .into_iter()
-        .map(|t| {
-            std::thread::Builder::new()
-                .name("unreach".into())
-                .spawn(move || {
-                    let e = TcpStream::connect(t).unwrap_err();
-                    assert_eq!(e.raw_os_error(), Some(libc::EHOSTUNREACH), "{t}: {e}");
-                })
-                .unwrap()
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    connects_fail("unreach", &[target, target, target, target6], libc::EHOSTUNREACH);
     let v4 = [
         ("comm", "unreach"),
         ("dst_addr", &*ns.ns_ip()),
@@ -158,21 +164,11 @@ fn syn_sent_resets_counted_and_icmp_refusals_not() {
         format!("{}:7004", ns.ns_ip()).parse().unwrap(),
         format!("{}:7005", ns.ns_ip()).parse().unwrap(),
     );
-    let clients: Vec<_> = [icmp, icmp, icmp, rst, rst, rst, rst, rst]
-        .into_iter()
-        .map(|t| {
-            std::thread::Builder::new()
-                .name("refused".into())
-                .spawn(move || {
-                    let e = TcpStream::connect(t).unwrap_err();
-                    assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{t}: {e}");
-                })
-                .unwrap()
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    connects_fail(
+        "refused",
+        &[icmp, icmp, icmp, rst, rst, rst, rst, rst],
+        libc::ECONNREFUSED,
+    );
     let ip = ns.ns_ip();
     let labels = |port| [("comm", "refused"), ("dst_addr", ip.as_str()), ("dst_port", port)];
     let refused = |port| [labels(port).as_slice(), &[("errno", "ECONNREFUSED")]].concat();

@@ -250,6 +250,12 @@ fn client(args: &[String]) -> Result<f64> {
     Ok(ns.parse()?)
 }
 
+/// The median, the least and the greatest.
+fn median_range(v: &[f64]) -> (f64, f64, f64) {
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+    (median(v.to_vec()), lo, hi)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -366,34 +372,45 @@ fn one_round(v: Variant, o: &Opts) -> Result<Round> {
 /// figure from within one run, which the machine's drifting speed does not move.
 fn shares(o: &Opts, report: &mut String) -> Result<Vec<(Variant, f64)>> {
     let cpu = client_cpu();
-    let mut out = Vec::new();
-    for v in Variant::ALL {
-        let port = free_port();
-        let t = Tracer::start(v, o)?;
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", &cpu.to_string()]).arg(bin("connect-loop")).args([
-            "refused",
-            &port.to_string(),
-            &o.refused.to_string(),
-        ]);
-        let share = share::tracing_share(cpu, &mut cmd)?;
-        t.stop(v, port, o.refused)?;
-        out.push((v, share));
+    let mut rounds: Vec<(Variant, Vec<f64>)> = Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
+    for r in 0..o.rounds {
+        for i in 0..rounds.len() {
+            let (v, samples) = &mut rounds[(i + r) % Variant::ALL.len()];
+            let port = free_port();
+            let t = Tracer::start(*v, o)?;
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &cpu.to_string()]).arg(bin("connect-loop")).args([
+                "refused",
+                &port.to_string(),
+                &o.refused.to_string(),
+            ]);
+            samples.push(share::tracing_share(cpu, &mut cmd)?);
+            t.stop(*v, port, o.refused)?;
+        }
     }
     writeln!(report, "### Profile: tracing code's share of a refused connect\n")?;
     writeln!(
         report,
-        "`perf record -g -F 10000` on the client's CPU during {} refused connects per variant: the samples whose stack \
-         passes through tracing (a tracepoint's probes, BPF or classic, with the programs, maps, helpers and locks under \
-         them; the syscall slow path that syscall tracepoints turn on), as a share of all samples; as overhead, \
-         share / (1 − share) is what that code adds to an untraced connect. Taken inside each run, so the machine's \
-         drifting speed (the ranges above) does not move it; it leaves out indirect costs such as cache misses.\n",
-        o.refused
+        "`perf record -g -F 10000` on the client's CPU during {} refused connects, per variant and round ({} rounds, \
+         order rotated): the samples whose stack passes through tracing (a tracepoint's probes, BPF or classic, with \
+         the programs, maps, helpers and locks under them; the syscall slow path that syscall tracepoints turn on), as \
+         a share of all samples, median and range over the rounds; as overhead, share / (1 − share) is what that code \
+         adds to an untraced connect. Each figure comes from inside one run, so the machine's drifting speed between \
+         runs (the ranges above) moves it far less; it leaves out indirect costs such as cache misses.\n",
+        o.refused, o.rounds
     )?;
-    writeln!(report, "| variant | share of CPU samples | as overhead |")?;
+    writeln!(report, "| variant | share of CPU samples (range) | as overhead |")?;
     writeln!(report, "| --- | --- | --- |")?;
-    for (v, s) in &out {
-        writeln!(report, "| {} | {s:.2} % | {:+.1} % |", v.name(), as_overhead(*s))?;
+    let mut out = Vec::new();
+    for (v, samples) in rounds {
+        let (m, lo, hi) = median_range(&samples);
+        writeln!(
+            report,
+            "| {} | {m:.2} % ({lo:.2}–{hi:.2}) | {:+.1} % |",
+            v.name(),
+            as_overhead(m)
+        )?;
+        out.push((v, m));
     }
     writeln!(report)?;
     Ok(out)
@@ -466,8 +483,7 @@ fn overhead(o: &Opts, report: &mut String) -> Result<Vec<(Variant, Samples)>> {
         // The median ratio, the spread of the rounds' ratios, and what the median adds to
         // the untraced median.
         let ratio = |r: &[f64], base: f64| {
-            let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-            let m = median(r.to_vec());
+            let (m, lo, hi) = median_range(r);
             (format!("{m:.3} ({lo:.2}–{hi:.2})"), format!("{:+.0}", (m - 1.0) * base))
         };
         let (rr, ra) = ratio(&s.refused_ratio, base_r);
