@@ -779,7 +779,7 @@ pub fn run(o: &Opts) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
     let doc = format!(
-        "# Benchmarks\n\nRegenerate with `cargo xtask bench` (as root; about 5 minutes after the release build). Machine: {}. Date: {date}. \
+        "# Benchmarks\n\nRegenerate with `cargo xtask bench` (as root; about 7 minutes after the release build). Machine: {}. Date: {date}. \
          Every figure is a median of interleaved rounds or of per-round ratios taken in one invocation; these machines are \
          shared and noisy, so wall-clock ratios move by a few percent between runs while kernel time per program is steady.\n\n{report}",
         machine()
