@@ -71,8 +71,12 @@ pub struct Analysis {
     cold_starts: BTreeMap<(Label, u16), Histogram>,
     inbound_seen: HashMap<(IpAddr, u16), u64>,
     inbound_last: HashMap<(IpAddr, u16), Duration>,
-    listeners: Vec<SocketAddr>,
+    /// The host's TCP listeners as last listed; `None` until a listing succeeds and after one
+    /// fails: then nothing is diagnosed, rather than everything `not_listening`.
+    listeners: Option<Vec<SocketAddr>>,
     listeners_at: Option<Duration>,
+    /// Lists the listeners (sock_diag; a stand-in in tests).
+    list_listeners: fn() -> Result<Vec<SocketAddr>, listeners::ListenError>,
     now: Duration,
 }
 
@@ -88,8 +92,9 @@ impl Analysis {
             cold_starts: BTreeMap::new(),
             inbound_seen: HashMap::new(),
             inbound_last: HashMap::new(),
-            listeners: Vec::new(),
+            listeners: None,
             listeners_at: None,
+            list_listeners: listeners::tcp_listeners,
             now: Duration::ZERO,
         }
     }
@@ -168,10 +173,11 @@ impl Analysis {
             .listeners_at
             .is_none_or(|at| now.saturating_sub(at) >= LISTENERS_EVERY);
         if !self.inbound_last.is_empty() && stale {
-            match listeners::tcp_listeners() {
-                Ok(l) => self.listeners = l,
-                Err(e) => tracing::warn!(error = %e, "listing listening sockets"),
-            }
+            self.listeners = (self.list_listeners)()
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "listing listening sockets: inbound refusals go undiagnosed"),
+                )
+                .ok();
             self.listeners_at = Some(now);
         }
     }
@@ -180,7 +186,7 @@ impl Analysis {
     fn diagnoses(&self) -> impl Iterator<Item = (SocketAddr, Diagnosis)> + '_ {
         self.inbound_last.keys().filter_map(|&(addr, port)| {
             let local = SocketAddr::new(addr, port);
-            Some((local, listeners::diagnose(local, &self.listeners)?))
+            Some((local, listeners::diagnose(local, self.listeners.as_ref()?)?))
         })
     }
 
@@ -313,17 +319,25 @@ impl Analysis {
             .collect()
     }
 
-    /// Recent inbound refusals with their diagnosis, for `/api/targets`.
+    /// Recent inbound refusals with their diagnosis, for `/api/targets`: `unknown` for all of
+    /// them while the listeners cannot be listed.
     pub fn inbound(&self) -> Vec<InboundView> {
+        let view = |local: SocketAddr, diagnosis, explanation| InboundView {
+            local_addr: local.ip().to_string(),
+            local_port: local.port(),
+            refused_total: self.inbound_seen.get(&(local.ip(), local.port())).copied().unwrap_or(0),
+            diagnosis,
+            explanation,
+        };
+        let Some(listeners) = &self.listeners else {
+            let mut all: Vec<SocketAddr> = self.inbound_last.keys().map(|&(a, p)| SocketAddr::new(a, p)).collect();
+            all.sort();
+            let why = "this host's listening sockets could not be listed (sock_diag), so the refusal is not diagnosed";
+            return all.into_iter().map(|l| view(l, "unknown", why.to_string())).collect();
+        };
         self.inbound_diagnoses()
             .into_iter()
-            .map(|(local, d)| InboundView {
-                local_addr: local.ip().to_string(),
-                local_port: local.port(),
-                refused_total: self.inbound_seen.get(&(local.ip(), local.port())).copied().unwrap_or(0),
-                diagnosis: d.name(),
-                explanation: d.explain(local, &self.listeners),
-            })
+            .map(|(local, d)| view(local, d.name(), d.explain(local, listeners)))
             .collect()
     }
 }
@@ -372,7 +386,7 @@ pub struct TargetView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collector::Outcome as Seen;
+    use crate::collector::{Inbound, Outcome as Seen};
 
     fn seen(addr: &str, errno: Option<&str>, count: u64, last_s: u64) -> Seen {
         Seen {
@@ -429,6 +443,37 @@ mod tests {
             text.contains("refusal_cold_start_duration_seconds_bucket{workload=\"/\",dst_port=\"8080\",le=\"5\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn inbound_refusals_go_undiagnosed_while_listeners_cannot_be_listed() {
+        let inbound = |port, count| Inbound {
+            local_addr: "10.0.0.1".parse().unwrap(),
+            local_port: port,
+            count,
+        };
+        let snap = Snapshot {
+            inbound: vec![inbound(7000, 3), inbound(7001, 1)],
+            ..Snapshot::default()
+        };
+        let mut a = Analysis::new(Thresholds::default());
+        a.list_listeners = || Err(listeners::ListenError::Malformed("test"));
+        a.update(&snap, Duration::from_secs(10));
+        let t = text(&a, &mut SeriesCap::new(100));
+        assert!(!t.contains("refusal_inbound_diagnosis{"), "{t}");
+        let views = a.inbound();
+        let rows: Vec<_> = views
+            .iter()
+            .map(|v| (v.local_port, v.refused_total, v.diagnosis))
+            .collect();
+        assert_eq!(rows, [(7000, 3, "unknown"), (7001, 1, "unknown")]);
+        // Once a listing works, the diagnosis comes back: nothing listens on either port.
+        a.list_listeners = || Ok(vec!["10.0.0.1:22".parse().unwrap()]);
+        a.update(&snap, Duration::from_secs(12));
+        let diagnoses: Vec<_> = a.inbound().iter().map(|v| v.diagnosis).collect();
+        assert_eq!(diagnoses, ["not_listening", "not_listening"]);
+        let t = text(&a, &mut SeriesCap::new(100));
+        assert_eq!(t.matches("diagnosis=\"not_listening\"} 1").count(), 2, "{t}");
     }
 
     #[test]
