@@ -72,6 +72,9 @@ for mode in $modes; do
         say client "$(vm-client refused ::1 $((p + 2)) 50 2>&1)"
         say client "$(vm-client reset $((p + 3)) 50 2>&1)"
         say client "$(vm-client cold-start $((p + 4)) 2000 2>&1)"
+        say client "$(vm-client udp $((p + 7)) 30 2>&1)"
+        # No route: the guest has only lo, and this address is not on it.
+        say client "$(vm-client noroute 198.51.100.1 $((p + 8)) 10 2>&1)"
         # Verdicts advance on the daemon's 250 ms tick; listeners are listed at most every second.
         sleep 1.5
         say client "$(cat /tmp/e5)"

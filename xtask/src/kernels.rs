@@ -107,11 +107,13 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
     programs
 }
 
-/// Traffic per run (`guest-init.sh` makes it, on ports base + 1…6).
+/// Traffic per run (`guest-init.sh` makes it, on ports base + 1…8).
 const REFUSED_V4: f64 = 200.0;
 const REFUSED_V6: f64 = 50.0;
 const RESETS: f64 = 50.0;
 const ELSEWHERE: f64 = 20.0;
+const UDP_REFUSED: f64 = 30.0;
+const NO_ROUTE: f64 = 10.0;
 /// A guest takes about 4 minutes (TCG, debug build, both kernels at once); past this it hangs.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(540);
 const README_BEGIN: &str = "<!-- test-kernels: begin -->";
@@ -491,8 +493,21 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
     if report.is_empty() {
         let _ = writeln!(
             report,
-            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>4} {:>8}  programs that ran",
-            "kernel", "mode", "result", "refused", "v6", "inbound", "rst→", "rst←", "cold", "episode", "diag", "traced"
+            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>4} {:>8}  programs that ran",
+            "kernel",
+            "mode",
+            "result",
+            "refused",
+            "v6",
+            "inbound",
+            "rst→",
+            "rst←",
+            "cold",
+            "episode",
+            "udp",
+            "noroute",
+            "diag",
+            "traced"
         );
     }
     for mode in MODES {
@@ -529,7 +544,7 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             .collect();
         let _ = writeln!(
             report,
-            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>4} {:>8}  {}",
+            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>4} {:>8}  {}",
             k.series,
             mode,
             if bad.is_empty() { "PASS" } else { "FAIL" },
@@ -561,6 +576,14 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
                     "refusal_episodes_total",
                     &[("dst_port", &p(4)), ("outcome", "cold_start")]
                 )
+            ),
+            format!(
+                "{}/{UDP_REFUSED}",
+                value(m, "refusal_connect_failures_total", &[("dst_port", &p(7))])
+            ),
+            format!(
+                "{}/{NO_ROUTE}",
+                value(m, "refusal_connect_failures_total", &[("dst_port", &p(8))])
             ),
             format!("{diag}/3"),
             format!("{}/{REFUSED_V4}", r.traced("connect_failed", &p(1))),
@@ -609,6 +632,8 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
         format!("refused {REFUSED_V6}"),
         format!("reset {RESETS}"),
         format!("cold-start {}", cold.unwrap_or(-1.0)),
+        format!("udp {UDP_REFUSED}"),
+        format!("noroute {NO_ROUTE}"),
         format!("elsewhere {ELSEWHERE}"),
         format!("elsewhere {ELSEWHERE}"),
     ];
@@ -623,6 +648,23 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
             bad.push(format!("{name}{labels:?} = {got}, expected {want}"));
         }
     };
+    // Failures no RST announces, each under its own labels and nothing else on its port: UDP
+    // refused by ICMP (error_report) and no route inside connect(2) (connect_sync).
+    for (port, proto, addr, errno, n) in [
+        (p(7), "udp", "127.0.0.1", "ECONNREFUSED", UDP_REFUSED),
+        (p(8), "tcp", "198.51.100.1", "ENETUNREACH", NO_ROUTE),
+    ] {
+        let labels = [
+            ("workload", "/"),
+            ("comm", "vm-client"),
+            ("proto", proto),
+            ("dst_addr", addr),
+            ("dst_port", port.as_str()),
+            ("errno", errno),
+        ];
+        expect("refusal_connect_failures_total", &labels, n);
+        expect("refusal_connect_failures_total", &[("dst_port", port.as_str())], n);
+    }
     let refused = [
         ("127.0.0.1", p(1), REFUSED_V4),
         ("::1", p(2), REFUSED_V6),

@@ -9,8 +9,12 @@
 //! - `elsewhere LISTEN CONNECT PORT N`: listens on LISTEN:PORT, makes N connects to CONNECT:PORT
 //!   (refused: nobody listens there), then keeps listening until killed, so the daemon's inbound
 //!   diagnosis sees the listener.
+//! - `udp PORT N`: N datagrams on a connected UDP socket to a closed loopback port, each
+//!   answered by ICMP port unreachable: N `ECONNREFUSED` on the next receive.
+//! - `noroute ADDR PORT N`: N connects to an address with no route: connect(2) itself fails
+//!   with `ENETUNREACH`, before any TCP state (the opt-in `connect_sync` hook counts these).
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     process::ExitCode,
     time::{Duration, Instant},
@@ -24,8 +28,11 @@ fn main() -> ExitCode {
         ["reset", port, n] => reset(port, n),
         ["cold-start", port, ms] => cold_start(port, ms),
         ["elsewhere", listen, connect, port, n] => elsewhere(listen, connect, port, n),
+        ["udp", port, n] => udp(port, n),
+        ["noroute", addr, port, n] => noroute(addr, port, n),
         _ => Err(
-            "usage: vm-client refused ADDR PORT N | reset PORT N | cold-start PORT MS | elsewhere LISTEN CONNECT PORT N"
+            "usage: vm-client refused ADDR PORT N | reset PORT N | cold-start PORT MS | \
+                  elsewhere LISTEN CONNECT PORT N | udp PORT N | noroute ADDR PORT N"
                 .into(),
         ),
     };
@@ -61,6 +68,35 @@ fn refused(addr: &str, port: &str, n: &str) -> Result<String> {
         }
     }
     Ok(format!("refused {n}"))
+}
+
+fn udp(port: &str, n: &str) -> Result<String> {
+    let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    s.connect((Ipv4Addr::LOCALHOST, num(port)?))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let n: u32 = num(n)?;
+    for _ in 0..n {
+        s.send(b"x").map_err(|e| format!("send: {e}"))?;
+        match s.recv(&mut [0u8; 1]) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => return Err(format!("udp recv: expected ECONNREFUSED, got {other:?}")),
+        }
+    }
+    Ok(format!("udp {n}"))
+}
+
+fn noroute(addr: &str, port: &str, n: &str) -> Result<String> {
+    let to = SocketAddr::new(ip(addr)?, num(port)?);
+    let n: u32 = num(n)?;
+    for _ in 0..n {
+        match TcpStream::connect(to) {
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => {}
+            other => return Err(format!("connect to {to}: expected ENETUNREACH, got {other:?}")),
+        }
+    }
+    Ok(format!("noroute {n}"))
 }
 
 fn reset(port: &str, n: &str) -> Result<String> {
