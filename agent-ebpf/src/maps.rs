@@ -282,23 +282,21 @@ fn count_target(key: &TargetKey, now: u64, resets: u64) {
 /// Starts counting successful connects to `port` (see `WATCH`).
 #[inline(always)]
 fn watch(port: u16) {
-    if let Some(w) = WATCH.get_ptr_mut(u32::from(port)) {
-        // SAFETY: a byte of an array map; racing stores write the same value. Stored only when
-        // it changes, as below.
+    raise(WATCH.get_ptr_mut(u32::from(port)));
+    raise(CONFIG.get_ptr_mut(agent_common::config::WATCHING));
+}
+
+/// Sets a flag in an array map to 1, storing only when it changes: every program on every CPU
+/// reads these cache lines, and a store would pull them away. Racing stores write the same value.
+#[inline(always)]
+fn raise<T: Copy + PartialEq + From<u8>>(flag: Option<*mut T>) {
+    if let Some(f) = flag {
+        // SAFETY: an element of an array map, valid for the program's run.
         unsafe {
-            if *w == 0 {
-                *w = 1
+            if *f == T::from(0) {
+                *f = T::from(1);
             }
-        };
-    }
-    if let Some(on) = CONFIG.get_ptr_mut(agent_common::config::WATCHING) {
-        // SAFETY: a u32 in an array map; a racing store writes the same value. Stored only
-        // when it changes: every program on every CPU reads this cache line.
-        unsafe {
-            if *on == 0 {
-                *on = 1
-            }
-        };
+        }
     }
 }
 

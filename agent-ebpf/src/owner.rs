@@ -153,22 +153,33 @@ pub fn get_mut(sk: *const u8) -> Option<&'static mut Owner> {
     OWNERS.get_ptr_mut(sk as u64).map(|o| unsafe { &mut *o })
 }
 
-/// Drops the socket's owner. Looked up before the delete: most sockets that close never had
-/// an owner (accepted ones), and a lookup that misses takes no lock.
+/// The socket closes: `last` sees its owner ([`NOBODY`] if none was recorded) one last time,
+/// then the owner is dropped. One lookup serves both. Most sockets that close never had an
+/// owner (accepted ones), and a hash lookup that misses takes no lock.
 #[inline(always)]
-pub fn forget(sk: *const u8) {
-    if !maps::counting() {
-        return;
-    }
+pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
+    // Forgetting is not idempotent: an idle copy running first would hide the owner from the
+    // counting one.
+    let forget = maps::counting();
     if let Some(s) = slot(sk)
         && s.sk == sk as u64
     {
-        s.sk = 0;
-        return;
+        let r = last(&s.owner);
+        if forget {
+            s.sk = 0;
+        }
+        return r;
     }
-    if OWNERS.get_ptr(sk as u64).is_some() {
+    // SAFETY: a delete racing with the read (user space expiring the entry) can only make
+    // the values stale.
+    let Some(o) = (unsafe { OWNERS.get(sk as u64) }) else {
+        return last(&NOBODY);
+    };
+    let r = last(o);
+    if forget {
         let _ = OWNERS.remove(sk as u64);
     }
+    r
 }
 
 /// Owner of a socket: the recorded one, else (accepted sockets, UDP) the socket's own cgroup,

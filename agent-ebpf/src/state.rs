@@ -3,7 +3,7 @@
 //! the failure count at SYN_SENT → CLOSE with `sk_err` set, which also covers clients that
 //! closed the socket before the RST arrived (no error report then); successes only to ports
 //! user space watches.
-use agent_common::{config, proto, tcp_state};
+use agent_common::{Owner, config, proto, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -54,13 +54,13 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     }
     // Forgotten whatever the count met: a slot left taken would send its next sockets to
     // `OWNERS` for hours.
-    let counted = if old == tcp_state::SYN_SENT {
-        count_failure::<M>(sk)
-    } else {
-        Ok(0)
-    };
-    owner::forget(sk);
-    counted
+    owner::close(sk, |o| {
+        if old == tcp_state::SYN_SENT {
+            count_failure::<M>(sk, o)
+        } else {
+            Ok(0)
+        }
+    })
 }
 
 #[inline(always)]
@@ -75,13 +75,12 @@ fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn count_failure<M: Mem>(sk: *const u8) -> Result<u32, u32> {
+fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
     let err: i32 = M::get(sk, sock::off!(sk_err))?;
     // SYN_SENT → CLOSE without an error is the application closing its own socket.
     if err <= 0 || !sock::is_tcp::<M>(sk) {
         return Ok(0);
     }
-    let o = owner::get(sk).unwrap_or(&owner::NOBODY);
     let (daddr, dport) = sock::peer::<M>(sk)?;
     maps::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
     Ok(0)
