@@ -291,7 +291,8 @@ impl Collector {
         if scope == Scope::Verdicts {
             return Ok(snap);
         }
-        snap.resets_received.reserve(cache.sizes[2] + syn_sent_resets.len());
+        // Sized by last time's count, the SYN_SENT resets included.
+        snap.resets_received.reserve(cache.sizes[2]);
         snap.resets_received.append(&mut syn_sent_resets);
         entries(
             &self.resets_received,

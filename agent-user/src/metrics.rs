@@ -2,6 +2,7 @@
 //! kernel); [`scrape`] collects from the kernel maps and writes everything, once per request.
 use std::{
     collections::BTreeMap,
+    hash::Hash,
     net::IpAddr,
     sync::{
         Mutex,
@@ -15,7 +16,7 @@ use crate::{
     exposition::{Kind, Sample, Text},
     labels::Label,
     loader::{HOOKS, HookReport},
-    series::{OTHER, SeriesCap, Tally},
+    series::{OTHER, SeriesCap, Table, Tally},
 };
 
 pub const CONNECT_FAILURES: &str = "refusal_connect_failures_total";
@@ -94,130 +95,139 @@ fn inbound_labels<'a>(local: &Option<(IpAddr, u16)>, l: Sample<'a>) -> Sample<'a
         .or_other("local_port", local.map(|k| k.1))
 }
 
+/// How one capped family writes a row's labels.
+type Labels<S> = for<'a> fn(&S, Sample<'a>) -> Sample<'a>;
+
+/// Writes one kernel-counted family: `rows` through the table's cap (a new label set past it
+/// folds to `fold` of it), then the kernel's own overflow, which is outside the cap.
+fn capped<S: Hash + Eq>(
+    out: &mut Text,
+    (name, help): (&str, &str),
+    table: &mut Table<S>,
+    labels: Labels<S>,
+    fold: impl Fn(&S) -> S,
+    rows: impl IntoIterator<Item = (S, u64)>,
+    overflow: impl IntoIterator<Item = (S, u64)>,
+) {
+    let mut tally = Tally::default();
+    for (s, n) in rows {
+        tally.add(table.row(s, &fold, labels), n);
+    }
+    for (s, n) in overflow {
+        tally.add(table.fixed(s, labels), n);
+    }
+    out.family(name, help, Kind::Counter);
+    tally.write(out, name, table);
+}
+
 /// Writes the kernel-counted metrics of `snap`, folding label sets past the cap.
 pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
     let other = Label::from(OTHER);
-
-    let table = &mut series.failures;
-    let mut tally = Tally::default();
-    let labels = FailureSeries::labels;
-    let fold = |s: &FailureSeries| FailureSeries {
-        dst_addr: None,
-        dst_port: None,
-        ..s.clone()
-    };
-    for (f, errno) in snap.failures() {
-        let s = FailureSeries {
-            workload: f.workload.clone(),
-            comm: f.comm.clone(),
-            proto: f.proto,
-            dst_addr: Some(f.dst_addr),
-            dst_port: Some(f.dst_port),
-            errno: errno.clone(),
-        };
-        tally.add(table.row(s, fold, labels), f.count);
-    }
-    for ((proto, errno), count) in &snap.overflow.failures {
-        let s = FailureSeries {
-            workload: other.clone(),
-            comm: other.clone(),
-            proto,
+    capped(
+        out,
+        (
+            CONNECT_FAILURES,
+            "Outgoing connects that failed, by target and errno (counted in the kernel).",
+        ),
+        &mut series.failures,
+        FailureSeries::labels,
+        |s| FailureSeries {
             dst_addr: None,
             dst_port: None,
-            errno: errno.clone(),
-        };
-        tally.add(table.fixed(s, labels), *count);
-    }
-    out.family(
-        CONNECT_FAILURES,
-        "Outgoing connects that failed, by target and errno (counted in the kernel).",
-        Kind::Counter,
+            ..s.clone()
+        },
+        snap.failures().map(|(f, errno)| {
+            let s = FailureSeries {
+                workload: f.workload.clone(),
+                comm: f.comm.clone(),
+                proto: f.proto,
+                dst_addr: Some(f.dst_addr),
+                dst_port: Some(f.dst_port),
+                errno: errno.clone(),
+            };
+            (s, f.count)
+        }),
+        snap.overflow.failures.iter().map(|((proto, errno), n)| {
+            let s = FailureSeries {
+                workload: other.clone(),
+                comm: other.clone(),
+                proto,
+                dst_addr: None,
+                dst_port: None,
+                errno: errno.clone(),
+            };
+            (s, *n)
+        }),
     );
-    tally.write(out, CONNECT_FAILURES, table);
-
-    let table = &mut series.resets_received;
-    let mut tally = Tally::default();
-    let labels = ReceivedSeries::labels;
-    let fold = |s: &ReceivedSeries| ReceivedSeries {
-        dst_addr: None,
-        dst_port: None,
-        ..s.clone()
-    };
-    for r in &snap.resets_received {
-        let s = ReceivedSeries {
-            workload: r.workload.clone(),
-            comm: r.comm.clone(),
-            dst_addr: Some(r.dst_addr),
-            dst_port: Some(r.dst_port),
-            state: r.state,
-        };
-        tally.add(table.row(s, fold, labels), r.count);
-    }
-    for (state, count) in &snap.overflow.resets_received {
-        let s = ReceivedSeries {
-            workload: other.clone(),
-            comm: other.clone(),
+    capped(
+        out,
+        (
+            RESETS_RECEIVED,
+            "RSTs received, by remote end and the TCP state the RST hit.",
+        ),
+        &mut series.resets_received,
+        ReceivedSeries::labels,
+        |s| ReceivedSeries {
             dst_addr: None,
             dst_port: None,
-            state,
-        };
-        tally.add(table.fixed(s, labels), *count);
-    }
-    out.family(
-        RESETS_RECEIVED,
-        "RSTs received, by remote end and the TCP state the RST hit.",
-        Kind::Counter,
+            ..s.clone()
+        },
+        snap.resets_received.iter().map(|r| {
+            let s = ReceivedSeries {
+                workload: r.workload.clone(),
+                comm: r.comm.clone(),
+                dst_addr: Some(r.dst_addr),
+                dst_port: Some(r.dst_port),
+                state: r.state,
+            };
+            (s, r.count)
+        }),
+        snap.overflow.resets_received.iter().map(|(state, n)| {
+            let s = ReceivedSeries {
+                workload: other.clone(),
+                comm: other.clone(),
+                dst_addr: None,
+                dst_port: None,
+                state,
+            };
+            (s, *n)
+        }),
     );
-    tally.write(out, RESETS_RECEIVED, table);
-
-    let table = &mut series.resets_sent;
-    let mut tally = Tally::default();
-    let labels = SentSeries::labels;
-    let fold = |s: &SentSeries| SentSeries {
-        workload: None,
-        comm: None,
-        reason: s.reason.clone(),
+    let sent = |workload, comm, reason: &Label| SentSeries {
+        workload,
+        comm,
+        reason: reason.clone(),
     };
-    for r in &snap.resets_sent {
-        let s = SentSeries {
-            workload: Some(r.workload.clone()),
-            comm: Some(r.comm.clone()),
-            reason: r.reason.clone(),
-        };
-        tally.add(table.row(s, fold, labels), r.count);
-    }
-    for (reason, count) in &snap.overflow.resets_sent {
-        let s = SentSeries {
-            workload: None,
-            comm: None,
-            reason: reason.clone(),
-        };
-        tally.add(table.fixed(s, labels), *count);
-    }
-    out.family(
-        RESETS_SENT,
-        "RSTs this host's sockets sent, by sk_rst_reason.",
-        Kind::Counter,
+    capped(
+        out,
+        (RESETS_SENT, "RSTs this host's sockets sent, by sk_rst_reason."),
+        &mut series.resets_sent,
+        SentSeries::labels,
+        |s| sent(None, None, &s.reason),
+        snap.resets_sent.iter().map(|r| {
+            let s = sent(Some(r.workload.clone()), Some(r.comm.clone()), &r.reason);
+            (s, r.count)
+        }),
+        snap.overflow
+            .resets_sent
+            .iter()
+            .map(|(reason, n)| (sent(None, None, reason), *n)),
     );
-    tally.write(out, RESETS_SENT, table);
-
-    let table = &mut series.inbound;
-    let mut tally = Tally::default();
-    let labels = inbound_labels;
-    for i in &snap.inbound {
-        // Both address and port fold: a flood of local addresses must not grow one series each.
-        let row = table.row(Some((i.local_addr, i.local_port)), |_| None, labels);
-        tally.add(row, i.count);
-    }
-    if snap.overflow.inbound > 0 {
-        tally.add(table.fixed(None, labels), snap.overflow.inbound);
-    }
-    out.family(
-        INBOUND_REFUSED,
-        "Inbound connection attempts this host refused (RST, no socket), by local address and port.",
-        Kind::Counter,
+    // Both address and port fold: a flood of local addresses must not grow one series each.
+    capped(
+        out,
+        (
+            INBOUND_REFUSED,
+            "Inbound connection attempts this host refused (RST, no socket), by local address and port.",
+        ),
+        &mut series.inbound,
+        inbound_labels,
+        |_| None,
+        snap.inbound
+            .iter()
+            .map(|i| (Some((i.local_addr, i.local_port)), i.count)),
+        (snap.overflow.inbound > 0).then_some((None, snap.overflow.inbound)),
     );
-    tally.write(out, INBOUND_REFUSED, table);
 }
 
 /// Writes the `refusal_agent_*` metrics. Last: the overflow counts include what the other
