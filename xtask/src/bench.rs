@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::root;
+use crate::{root, value};
 
 mod share;
 
@@ -99,19 +99,6 @@ fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((code, body.to_string()))
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels`.
-fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let matches = n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
-            matches.then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 struct Daemon {

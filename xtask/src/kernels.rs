@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{root, run};
+use crate::{root, run, value};
 
 /// A Debian kernel series the matrix boots.
 struct Kernel {
@@ -465,20 +465,6 @@ impl Guest {
     }
 }
 
-/// Sum of the samples of `name` whose labels include all of `labels`.
-fn value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let matches = n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
-            matches.then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
 /// Checks one kernel's runs, appends its rows to `report` and every mismatch to `fail`.
 fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String)) {
     if !g.release.starts_with(&format!("{}.", k.series)) {
@@ -538,6 +524,8 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             ) == 1.0
         })
         .count();
+        // A table cell: what /metrics counted, over what was made.
+        let got = |name: &str, labels: &[(&str, &str)], want: f64| format!("{}/{want}", value(m, name, labels));
         let ran: Vec<&str> = must_run(k, mode)
             .into_iter()
             .filter(|prog| value(m, "refusal_agent_bpf_runs_total", &[("program", prog)]) > 0.0)
@@ -548,43 +536,22 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             k.series,
             mode,
             if bad.is_empty() { "PASS" } else { "FAIL" },
-            format!(
-                "{}/{REFUSED_V4}",
-                value(m, "refusal_connect_failures_total", &[("dst_port", &p(1))])
-            ),
-            format!(
-                "{}/{REFUSED_V6}",
-                value(m, "refusal_connect_failures_total", &[("dst_port", &p(2))])
-            ),
-            format!(
-                "{}/{REFUSED_V4}",
-                value(m, "refusal_inbound_refused_total", &[("local_port", &p(1))])
-            ),
-            format!("{}/{RESETS}", value(m, "refusal_resets_sent_total", &[])),
-            format!(
-                "{}/{RESETS}",
-                value(m, "refusal_resets_received_total", &[("state", "established")])
-            ),
+            got("refusal_connect_failures_total", &[("dst_port", &p(1))], REFUSED_V4),
+            got("refusal_connect_failures_total", &[("dst_port", &p(2))], REFUSED_V6),
+            got("refusal_inbound_refused_total", &[("local_port", &p(1))], REFUSED_V4),
+            got("refusal_resets_sent_total", &[], RESETS),
+            got("refusal_resets_received_total", &[("state", "established")], RESETS),
             format!(
                 "{}/{cold}",
                 value(m, "refusal_connect_failures_total", &[("dst_port", &p(4))])
             ),
-            format!(
-                "{}/1",
-                value(
-                    m,
-                    "refusal_episodes_total",
-                    &[("dst_port", &p(4)), ("outcome", "cold_start")]
-                )
+            got(
+                "refusal_episodes_total",
+                &[("dst_port", &p(4)), ("outcome", "cold_start")],
+                1.0
             ),
-            format!(
-                "{}/{UDP_REFUSED}",
-                value(m, "refusal_connect_failures_total", &[("dst_port", &p(7))])
-            ),
-            format!(
-                "{}/{NO_ROUTE}",
-                value(m, "refusal_connect_failures_total", &[("dst_port", &p(8))])
-            ),
+            got("refusal_connect_failures_total", &[("dst_port", &p(7))], UDP_REFUSED),
+            got("refusal_connect_failures_total", &[("dst_port", &p(8))], NO_ROUTE),
             format!("{diag}/3"),
             format!("{}/{REFUSED_V4}", r.traced("connect_failed", &p(1))),
             ran.join(","),

@@ -75,6 +75,21 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Sum of the samples of `name` in Prometheus text `metrics` whose labels include all of
+/// `labels`.
+pub fn value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let matches = n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
+            matches.then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 fn smoke_report() -> PathBuf {
     std::env::temp_dir().join("refusal-agent-BENCHMARKS.smoke.md")
 }

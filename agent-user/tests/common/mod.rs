@@ -296,22 +296,10 @@ fn quiet(args: &[&str]) {
 }
 
 /// SO_LINGER {on, 0}: closing `s` aborts its connection with a RST.
-pub fn linger_zero(s: &impl std::os::fd::AsRawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid option and length for a socket the caller owns.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
+pub fn linger_zero(s: &impl std::os::fd::AsFd) {
+    socket2::SockRef::from(s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
 }
 
 /// Runs `f` on a thread named `comm` (the kernel's comm of its connects) and waits for it.

@@ -15,7 +15,6 @@
 //!   with `ENETUNREACH`, before any TCP state (the opt-in `connect_sync` hook counts these).
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -59,15 +58,23 @@ fn ip(addr: &str) -> Result<IpAddr> {
 }
 
 fn refused(addr: &str, port: &str, n: &str) -> Result<String> {
+    let n = connects_fail(addr, port, n, "ECONNREFUSED", |e| {
+        e.kind() == std::io::ErrorKind::ConnectionRefused
+    })?;
+    Ok(format!("refused {n}"))
+}
+
+/// N blocking connects to ADDR:PORT, each failing as `expected` says.
+fn connects_fail(addr: &str, port: &str, n: &str, what: &str, expected: fn(&std::io::Error) -> bool) -> Result<u32> {
     let to = SocketAddr::new(ip(addr)?, num(port)?);
     let n: u32 = num(n)?;
     for _ in 0..n {
         match TcpStream::connect(to) {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            other => return Err(format!("connect to {to}: expected ECONNREFUSED, got {other:?}")),
+            Err(e) if expected(&e) => {}
+            other => return Err(format!("connect to {to}: expected {what}, got {other:?}")),
         }
     }
-    Ok(format!("refused {n}"))
+    Ok(n)
 }
 
 fn udp(port: &str, n: &str) -> Result<String> {
@@ -88,14 +95,9 @@ fn udp(port: &str, n: &str) -> Result<String> {
 }
 
 fn noroute(addr: &str, port: &str, n: &str) -> Result<String> {
-    let to = SocketAddr::new(ip(addr)?, num(port)?);
-    let n: u32 = num(n)?;
-    for _ in 0..n {
-        match TcpStream::connect(to) {
-            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => {}
-            other => return Err(format!("connect to {to}: expected ENETUNREACH, got {other:?}")),
-        }
-    }
+    let n = connects_fail(addr, port, n, "ENETUNREACH", |e| {
+        e.raw_os_error() == Some(libc::ENETUNREACH)
+    })?;
     Ok(format!("noroute {n}"))
 }
 
@@ -119,24 +121,9 @@ fn reset(port: &str, n: &str) -> Result<String> {
 }
 
 fn linger_zero(s: &TcpStream) -> Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid option and length for a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(format!("SO_LINGER: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    socket2::SockRef::from(s)
+        .set_linger(Some(Duration::ZERO))
+        .map_err(|e| format!("SO_LINGER: {e}"))
 }
 
 fn cold_start(port: &str, ms: &str) -> Result<String> {
