@@ -1,10 +1,9 @@
 //! Command line. Flags win over `REFUSAL_…` environment variables (merged by clap), which win
-//! over the config file, which wins over the defaults in `config.rs`.
+//! over the config file, which wins over the defaults in `agent_core::config`.
 use std::{net::SocketAddr, path::PathBuf};
 
+use agent_core::config::{AttachMode, Config, ConfigError, HumanDuration, LogFormat};
 use clap::{Args, Parser, Subcommand};
-
-use crate::config::{AttachMode, Config, ConfigError, HumanDuration, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -2,11 +2,8 @@
 //! the lookups the loader makes with it.
 #![no_main]
 
+use agent_core::kernel::btf;
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code)]
-#[path = "../../agent-user/src/btf.rs"]
-mod btf;
 
 /// (struct, member) pairs the loader resolves (offsets.rs), and a few shapes it does not.
 const MEMBERS: &[(&str, &str)] = &[

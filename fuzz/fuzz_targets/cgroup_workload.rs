@@ -1,11 +1,8 @@
 //! cgroup v2 path → workload name, and the cgroup2 mount point from /proc/self/mountinfo text.
 #![no_main]
 
+use agent_core::collect::workload;
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code)]
-#[path = "../../agent-user/src/workload.rs"]
-mod workload;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

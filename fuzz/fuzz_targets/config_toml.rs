@@ -2,16 +2,8 @@
 //! human duration syntax (`90s`, `1h30m`) its values use.
 #![no_main]
 
+use agent_core::config;
 use libfuzzer_sys::fuzz_target;
-
-// config.rs names `crate::verdict::Thresholds`: verdict.rs sits at this crate's root.
-#[allow(dead_code)]
-#[path = "../../agent-user/src/verdict.rs"]
-mod verdict;
-
-#[allow(dead_code)]
-#[path = "../../agent-user/src/config.rs"]
-mod config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

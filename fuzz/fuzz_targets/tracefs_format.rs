@@ -1,11 +1,8 @@
 //! Field offsets from a tracefs `format` file (classic tracepoint records).
 #![no_main]
 
+use agent_core::kernel::tracefs;
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code)]
-#[path = "../../agent-user/src/tracefs.rs"]
-mod tracefs;
 
 /// Fields the loader asks for (offsets.rs).
 const FIELDS: &[&str] = &[

@@ -3,11 +3,8 @@
 
 use std::path::Path;
 
+use agent_core::config::web as webconfig;
 use libfuzzer_sys::fuzz_target;
-
-#[allow(dead_code)]
-#[path = "../../agent-user/src/webconfig.rs"]
-mod webconfig;
 
 fuzz_target!(|data: &[u8]| {
     if let Some((user, password)) = webconfig::parse_basic_authorization(data) {

@@ -1,0 +1,7 @@
+//! What a collection yields, and the pure parts of collecting: label values from kernel
+//! values, workload names from cgroup paths, sock_diag replies, trace events.
+pub mod events;
+pub mod labels;
+pub mod snapshot;
+pub mod sockdiag;
+pub mod workload;

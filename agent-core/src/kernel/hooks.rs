@@ -1,0 +1,318 @@
+//! The hooks as data: each signal the agent needs, and the attach modes that can give it, in
+//! the order they are tried (ARCHITECTURE.md, "Hooks"). The loader walks this table; `check`,
+//! `refusal_agent_probe_attached` and the VM matrix read it.
+use crate::config::AttachMode;
+
+/// How one mode of a hook attaches.
+#[derive(Debug)]
+pub enum Attach {
+    Fentry(&'static [(&'static str, &'static str)]),
+    Kprobe {
+        program: &'static str,
+        functions: &'static [&'static str],
+    },
+    TpBtf {
+        program: &'static str,
+        tracepoint: &'static str,
+    },
+    /// `(program, category, event)`: all must attach.
+    Tracepoint(&'static [(&'static str, &'static str, &'static str)]),
+    /// Provided by another hook's program (named here): works where that program attached.
+    SameAs(&'static str),
+}
+
+pub struct Hook {
+    pub name: &'static str,
+    /// Without a required hook the daemon cannot count anything and refuses to start; the others
+    /// degrade to `refusal_agent_probe_attached{hook} == 0` (and an alert).
+    pub required: bool,
+    /// Attached only when asked for (see [`opt_in`]): it costs more than the connects it observes.
+    pub opt_in: bool,
+    pub chain: &'static [(AttachMode, Attach)],
+}
+
+/// In attach order: a hook that rides on another comes after it.
+pub static HOOKS: &[Hook] = &[
+    Hook {
+        name: "state",
+        required: true,
+        opt_in: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "sock_state_btf",
+                    tracepoint: "inet_sock_set_state",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("sock_state_tp", "sock", "inet_sock_set_state")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "connect",
+        required: true,
+        opt_in: false,
+        chain: &[
+            (
+                AttachMode::Fentry,
+                Attach::Fentry(&[
+                    ("connect4_fentry", "tcp_v4_connect"),
+                    ("connect6_fentry", "tcp_v6_connect"),
+                ]),
+            ),
+            (
+                AttachMode::Kprobe,
+                Attach::Kprobe {
+                    program: "connect_kprobe",
+                    functions: &["tcp_v4_connect", "tcp_v6_connect"],
+                },
+            ),
+            (AttachMode::TpBtf, Attach::SameAs("sock_state_btf")),
+            (AttachMode::Tracepoint, Attach::SameAs("sock_state_tp")),
+        ],
+    },
+    Hook {
+        name: "connect_sync",
+        required: false,
+        opt_in: true,
+        chain: &[(
+            AttachMode::Tracepoint,
+            Attach::Tracepoint(&[
+                ("connect_enter", "syscalls", "sys_enter_connect"),
+                ("connect_exit", "syscalls", "sys_exit_connect"),
+            ]),
+        )],
+    },
+    Hook {
+        name: "error_report",
+        required: false,
+        opt_in: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "error_report_btf",
+                    tracepoint: "inet_sk_error_report",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("error_report_tp", "sock", "inet_sk_error_report")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "send_reset",
+        required: false,
+        opt_in: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "send_reset_btf",
+                    tracepoint: "tcp_send_reset",
+                },
+            ),
+            // Before 6.10 the tracepoint has no reason (and fires only with a socket).
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "send_reset_btf_pre610",
+                    tracepoint: "tcp_send_reset",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("send_reset_tp", "tcp", "tcp_send_reset")]),
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("send_reset_tp_pre610", "tcp", "tcp_send_reset")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "inbound",
+        required: false,
+        opt_in: false,
+        chain: &[
+            // Only the 6.10+ `tcp_send_reset` fires without a socket; before, `kfree_skb` sees
+            // the SYN dropped for NO_SOCKET.
+            (AttachMode::TpBtf, Attach::SameAs("send_reset_btf")),
+            (AttachMode::Tracepoint, Attach::SameAs("send_reset_tp")),
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "kfree_skb_btf",
+                    tracepoint: "kfree_skb",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("kfree_skb_tp", "skb", "kfree_skb")]),
+            ),
+        ],
+    },
+    Hook {
+        name: "receive_reset",
+        required: false,
+        opt_in: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "receive_reset_btf",
+                    tracepoint: "tcp_receive_reset",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("receive_reset_tp", "tcp", "tcp_receive_reset")]),
+            ),
+        ],
+    },
+];
+
+/// tp_btf programs that read an argument older kernels lack: (program, arguments it needs).
+pub const TP_BTF_ARGS: &[(&str, usize)] = &[("send_reset_btf", 3), ("kfree_skb_btf", 3)];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookReport {
+    pub hook: &'static str,
+    pub mode: Option<AttachMode>,
+    /// Modes tried before `mode` (or all of them), with why each was refused.
+    pub refused: Vec<(AttachMode, String)>,
+}
+
+/// The opt-in hooks to attach: `connect_sync`'s syscall tracepoints put every syscall on the
+/// host on the tracing slow path, so it costs even processes that never connect.
+pub fn opt_in(connect_sync: bool) -> &'static [&'static str] {
+    if connect_sync { &["connect_sync"] } else { &[] }
+}
+
+/// Whether `hook` is attached, given the opt-in hooks asked for.
+pub fn wanted(hook: &Hook, opt_in: &[&str]) -> bool {
+    !hook.opt_in || opt_in.contains(&hook.name)
+}
+
+/// The programs a mode loads itself.
+pub fn programs(attach: &Attach) -> Vec<&'static str> {
+    match attach {
+        Attach::Fentry(targets) => targets.iter().map(|(p, _)| *p).collect(),
+        Attach::Kprobe { program, .. } | Attach::TpBtf { program, .. } => vec![*program],
+        Attach::Tracepoint(events) => events.iter().map(|(p, _, _)| *p).collect(),
+        Attach::SameAs(_) => Vec::new(),
+    }
+}
+
+/// Adds what a person needs to know to an attach error: the usual causes on hardened kernels.
+pub fn explain(mode: AttachMode, error: &str) -> String {
+    let hint = match mode {
+        AttachMode::Fentry if error.contains("Operation not permitted") || error.contains("EPERM") => {
+            Some("refused with EPERM: kernel lockdown (integrity mode) forbids fentry/fexit")
+        }
+        AttachMode::Kprobe if error.contains("kprobe/type") || error.contains("No such file") => {
+            Some("this kernel has no kprobes (CONFIG_KPROBES unset)")
+        }
+        AttachMode::TpBtf | AttachMode::Fentry if error.contains("BTF") || error.contains("btf") => {
+            Some("needs kernel BTF (/sys/kernel/btf/vmlinux)")
+        }
+        _ => None,
+    };
+    let error = verifier_summary(error);
+    match hint {
+        Some(h) => format!("{h} ({error})"),
+        None => error,
+    }
+}
+
+/// A verifier log is hundreds of lines; the reason is the line before its statistics.
+fn verifier_summary(error: &str) -> String {
+    let Some((head, log)) = error.split_once("Verifier output:") else {
+        return error.to_string();
+    };
+    let reason = log
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("verification time"))
+        .filter(|l| !l.is_empty() && *l != ")")
+        .last()
+        .unwrap_or("");
+    let head = head.trim_end_matches([' ', '.']);
+    if reason.is_empty() {
+        format!("{head}, empty verifier log")
+    } else {
+        format!("{head}. verifier: {reason}")
+    }
+}
+
+/// What a mode of a hook attaches to, for `check`.
+pub fn target(attach: &Attach) -> String {
+    match attach {
+        Attach::Fentry(t) => t.iter().map(|(_, f)| *f).collect::<Vec<_>>().join(","),
+        Attach::Kprobe { functions, .. } => functions.join(","),
+        Attach::TpBtf { tracepoint, .. } => tracepoint.to_string(),
+        Attach::Tracepoint(events) => events
+            .iter()
+            .map(|(_, c, n)| format!("{c}:{n}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        Attach::SameAs(other) => format!("(with {other})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explains_lockdown_and_missing_kprobes() {
+        assert!(
+            explain(AttachMode::Fentry, "load failed: Operation not permitted (os error 1)")
+                .starts_with("refused with EPERM")
+        );
+        assert!(
+            explain(
+                AttachMode::Kprobe,
+                "`/sys/bus/event_source/devices/kprobe/type`: No such file or directory"
+            )
+            .starts_with("this kernel has no kprobes")
+        );
+        assert_eq!(explain(AttachMode::Tracepoint, "boom"), "boom");
+        let log = "load failed: Permission denied (os error 13). Verifier output: 0: R1=ctx()\n76: (0f) r3 += r2\nR3 pointer arithmetic prohibited\nverification time 2190 usec\nstack depth 8\n)";
+        assert_eq!(
+            explain(AttachMode::TpBtf, log),
+            "load failed: Permission denied (os error 13). verifier: R3 pointer arithmetic prohibited"
+        );
+    }
+
+    #[test]
+    fn every_hook_ends_its_chain_with_a_tracepoint_and_state_comes_first() {
+        assert_eq!(HOOKS[0].name, "state");
+        for hook in HOOKS {
+            assert_eq!(
+                hook.chain.last().map(|(m, _)| *m),
+                Some(AttachMode::Tracepoint),
+                "{}",
+                hook.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_shared_program_comes_from_an_earlier_hook_in_the_same_mode() {
+        for (i, hook) in HOOKS.iter().enumerate() {
+            for (mode, attach) in hook.chain {
+                let Attach::SameAs(program) = attach else { continue };
+                let provided = HOOKS[..i]
+                    .iter()
+                    .flat_map(|h| h.chain)
+                    .any(|(m, a)| m == mode && programs(a).contains(program));
+                assert!(provided, "{}: {program} in {mode} mode", hook.name);
+            }
+        }
+    }
+}

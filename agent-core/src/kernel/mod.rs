@@ -1,0 +1,5 @@
+//! What attaching needs to know about a kernel, without touching one: the hook table, the BTF
+//! parser and tracefs record formats.
+pub mod btf;
+pub mod hooks;
+pub mod tracefs;

@@ -1,0 +1,76 @@
+//! The agent's own families (`refusal_agent_*`): what it is, what attached, what it had to give
+//! up.
+use std::collections::BTreeMap;
+
+use crate::{
+    collect::snapshot::Snapshot,
+    kernel::hooks::{HOOKS, HookReport},
+    serve::{exposition::Text, families as f, series::SeriesCap},
+};
+
+/// What the agent knows about itself.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub version: &'static str,
+    pub kernel: String,
+    pub hooks: Vec<HookReport>,
+}
+
+/// Writes the `refusal_agent_*` metrics. Last in a scrape: the overflow counts include what the
+/// other families folded in it. `http_rejected` is the HTTP server's own count.
+pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, http_rejected: u64, out: &mut Text) {
+    f::BUILD_INFO.open(out);
+    out.sample(f::BUILD_INFO.name)
+        .label("version", info.version)
+        .label("kernel", &info.kernel)
+        .value(1.0);
+
+    let mut attached: BTreeMap<_, bool> = BTreeMap::new();
+    // An opt-in hook left off has no report, and no series: it is not missing.
+    for hook in HOOKS {
+        let Some(report) = info.hooks.iter().find(|h| h.hook == hook.name) else {
+            continue;
+        };
+        let used = report.mode;
+        for (mode, _) in hook.chain {
+            // A chain may list a mode twice (inbound: tcp_send_reset, then kfree_skb).
+            let v = attached.entry((hook.name, mode.name())).or_default();
+            *v |= used == Some(*mode);
+        }
+    }
+    f::PROBE_ATTACHED.open(out);
+    for ((hook, mode), used) in attached {
+        out.sample(f::PROBE_ATTACHED.name)
+            .label("hook", hook)
+            .label("mode", mode)
+            .count(u64::from(used));
+    }
+
+    f::EVENTS_DROPPED.open(out);
+    for (w, n) in &snap.drops {
+        out.sample(f::EVENTS_DROPPED.name).label("where", w).count(*n);
+    }
+
+    let mut stats = snap.bpf_stats.clone();
+    stats.sort();
+    f::BPF_RUN_SECONDS.open(out);
+    for (program, ns, _) in &stats {
+        out.sample(f::BPF_RUN_SECONDS.name)
+            .label("program", program)
+            .value(*ns as f64 / 1e9);
+    }
+    f::BPF_RUNS.open(out);
+    for (program, _, runs) in &stats {
+        out.sample(f::BPF_RUNS.name).label("program", program).count(*runs);
+    }
+
+    f::HTTP_REJECTED.open(out);
+    out.sample(f::HTTP_REJECTED.name).count(http_rejected);
+
+    f::SERIES_OVERFLOW.open(out);
+    let mut overflow: Vec<_> = series.overflow().collect();
+    overflow.sort();
+    for (metric, n) in overflow {
+        out.sample(f::SERIES_OVERFLOW.name).label("metric", metric).count(n);
+    }
+}

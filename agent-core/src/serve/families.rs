@@ -1,0 +1,217 @@
+//! Every metric family the agent exports, once: name, type, help, labels and how the series cap
+//! applies. Exposition writes family headers from here, the series caps take their overflow
+//! names from here, and tests check the exposition and the README's metric table against it.
+use crate::serve::exposition::{Kind, Text};
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// Label names in exposition order (a histogram's without `le`).
+    pub labels: &'static [&'static str],
+    pub cap: Cap,
+}
+
+/// How `max_series` applies to a family (README, "Metrics").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// Bounded by construction: the agent's own families.
+    None,
+    /// Kernel-counted: past the cap new label sets fold into `other`, and
+    /// `refusal_agent_series_overflow_total{metric}` is exported from the start.
+    Always,
+    /// Derived by the daemon: folds the same way; its overflow series appears once one folds.
+    OnceFolded,
+}
+
+impl Family {
+    /// Starts the family in `out`: its samples follow.
+    pub fn open(&self, out: &mut Text) {
+        out.family(self.name, self.help, self.kind);
+    }
+}
+
+pub const CONNECT_FAILURES: Family = Family {
+    name: "refusal_connect_failures_total",
+    kind: Kind::Counter,
+    help: "Outgoing connects that failed, by target and errno (counted in the kernel).",
+    labels: &["workload", "comm", "proto", "dst_addr", "dst_port", "errno"],
+    cap: Cap::Always,
+};
+
+pub const RESETS_RECEIVED: Family = Family {
+    name: "refusal_resets_received_total",
+    kind: Kind::Counter,
+    help: "RSTs received, by remote end and the TCP state the RST hit.",
+    labels: &["workload", "comm", "dst_addr", "dst_port", "state"],
+    cap: Cap::Always,
+};
+
+pub const RESETS_SENT: Family = Family {
+    name: "refusal_resets_sent_total",
+    kind: Kind::Counter,
+    help: "RSTs this host's sockets sent, by sk_rst_reason.",
+    labels: &["workload", "comm", "reason"],
+    cap: Cap::Always,
+};
+
+pub const INBOUND_REFUSED: Family = Family {
+    name: "refusal_inbound_refused_total",
+    kind: Kind::Counter,
+    help: "Inbound connection attempts this host refused (RST, no socket), by local address and port.",
+    labels: &["local_addr", "local_port"],
+    cap: Cap::Always,
+};
+
+pub const INBOUND_DIAGNOSIS: Family = Family {
+    name: "refusal_inbound_diagnosis",
+    kind: Kind::Gauge,
+    help: "Why this host refuses connections to a local address and port (not_listening, loopback_only, wrong_address).",
+    labels: &["local_addr", "local_port", "diagnosis"],
+    // Only ports refused in the last few minutes, and those are capped by the inbound family.
+    cap: Cap::None,
+};
+
+pub const TARGET_STATE: Family = Family {
+    name: "refusal_target_state",
+    kind: Kind::Gauge,
+    help: "1 for the state each target with refusals is in (refusing, persistent, flapping).",
+    labels: &["workload", "comm", "dst_addr", "dst_port", "state"],
+    cap: Cap::OnceFolded,
+};
+
+pub const EPISODES: Family = Family {
+    name: "refusal_episodes_total",
+    kind: Kind::Counter,
+    help: "Refusal episodes that ended, by outcome: cold_start (came up in time) or recovered (after persistent).",
+    labels: &["workload", "comm", "dst_addr", "dst_port", "outcome"],
+    cap: Cap::OnceFolded,
+};
+
+pub const COLD_START_DURATION: Family = Family {
+    name: "refusal_cold_start_duration_seconds",
+    kind: Kind::Histogram,
+    help: "Time from an episode's first refusal to the first successful connect, for cold starts.",
+    labels: &["workload", "dst_port"],
+    // One per workload and port that ever cold-started: bounded by the targets.
+    cap: Cap::None,
+};
+
+pub const BUILD_INFO: Family = Family {
+    name: "refusal_agent_build_info",
+    kind: Kind::Gauge,
+    help: "Agent version and the kernel it runs on.",
+    labels: &["version", "kernel"],
+    cap: Cap::None,
+};
+
+pub const PROBE_ATTACHED: Family = Family {
+    name: "refusal_agent_probe_attached",
+    kind: Kind::Gauge,
+    help: "1 for the attach mode each hook uses, 0 for the modes it could use.",
+    labels: &["hook", "mode"],
+    cap: Cap::None,
+};
+
+pub const EVENTS_DROPPED: Family = Family {
+    name: "refusal_agent_events_dropped_total",
+    kind: Kind::Counter,
+    help: "Events the agent had to give up, by where (counts themselves are kept).",
+    labels: &["where"],
+    cap: Cap::None,
+};
+
+pub const BPF_RUN_SECONDS: Family = Family {
+    name: "refusal_agent_bpf_run_seconds_total",
+    kind: Kind::Counter,
+    help: "Kernel time spent in each of the agent's programs (while kernel.bpf_stats_enabled=1).",
+    labels: &["program"],
+    cap: Cap::None,
+};
+
+pub const BPF_RUNS: Family = Family {
+    name: "refusal_agent_bpf_runs_total",
+    kind: Kind::Counter,
+    help: "Runs of each of the agent's programs (while kernel.bpf_stats_enabled=1).",
+    labels: &["program"],
+    cap: Cap::None,
+};
+
+pub const HTTP_REJECTED: Family = Family {
+    name: "refusal_agent_http_rejected_connections_total",
+    kind: Kind::Counter,
+    help: "HTTP connections closed at once because the connection cap was reached.",
+    labels: &[],
+    cap: Cap::None,
+};
+
+pub const SERIES_OVERFLOW: Family = Family {
+    name: "refusal_agent_series_overflow_total",
+    kind: Kind::Counter,
+    help: "Distinct label sets folded into \"other\" because a metric reached max_series.",
+    labels: &["metric"],
+    cap: Cap::None,
+};
+
+/// In exposition order.
+pub const ALL: &[&Family] = &[
+    &CONNECT_FAILURES,
+    &RESETS_RECEIVED,
+    &RESETS_SENT,
+    &INBOUND_REFUSED,
+    &TARGET_STATE,
+    &EPISODES,
+    &INBOUND_DIAGNOSIS,
+    &COLD_START_DURATION,
+    &BUILD_INFO,
+    &PROBE_ATTACHED,
+    &EVENTS_DROPPED,
+    &BPF_RUN_SECONDS,
+    &BPF_RUNS,
+    &HTTP_REJECTED,
+    &SERIES_OVERFLOW,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's metric table, row by row: (name, type word, labels).
+    fn readme_rows() -> Vec<(String, String, Vec<String>)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+        let table = readme
+            .split("### Metrics")
+            .nth(1)
+            .expect("README has a ### Metrics section");
+        let code = |cell: &str| -> Vec<String> { cell.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let name = code(cells[1]).remove(0);
+                let kind = cells[2].split_whitespace().next().unwrap_or("").to_string();
+                (name, kind, code(cells[3]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_metric_table_is_this_table() {
+        let rows = readme_rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let ours: Vec<&str> = ALL.iter().map(|f| f.name).collect();
+        let mut sorted = (names.clone(), ours.clone());
+        sorted.0.sort();
+        sorted.1.sort();
+        assert_eq!(sorted.0, sorted.1, "README's metric table and families::ALL differ");
+        for (name, kind, labels) in rows {
+            let f = ALL.iter().find(|f| f.name == name).expect("listed");
+            assert_eq!(kind, f.kind.name(), "{name}: type");
+            assert_eq!(labels, f.labels, "{name}: labels");
+        }
+    }
+}

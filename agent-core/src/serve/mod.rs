@@ -1,0 +1,344 @@
+//! The answers: the Prometheus exposition of a snapshot and an analysis (through the series
+//! caps), and the `/api/targets` views. [`families`] names every family once.
+pub mod agent;
+pub mod counts;
+pub mod exposition;
+pub mod families;
+pub mod series;
+pub mod verdicts;
+pub mod views;
+
+use crate::{analyse::analysis::Analysis, collect::snapshot::Snapshot};
+
+/// Writes a whole scrape into `out`: the kernel-counted families, the verdicts, then the agent's
+/// own (whose overflow counts include what the others folded in this scrape).
+pub fn scrape(
+    snap: &Snapshot,
+    analysis: &Analysis,
+    series: &mut series::SeriesCap,
+    info: &agent::AgentInfo,
+    http_rejected: u64,
+    out: &mut exposition::Text,
+) {
+    counts::render(snap, series, out);
+    verdicts::render(analysis, series, out);
+    agent::render(snap, series, info, http_rejected, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, time::Duration};
+
+    use super::{agent::AgentInfo, exposition::Text, series::SeriesCap, *};
+    use crate::{
+        analyse::verdict::State,
+        collect::{
+            labels::Label,
+            snapshot::{Inbound, Outcome, Outcome as Seen, Overflow, ResetReceived, ResetSent},
+        },
+        config::{AttachMode, Thresholds},
+        kernel::hooks::HookReport,
+    };
+
+    fn failure(addr: &str, port: u16, count: u64) -> Outcome {
+        Outcome {
+            cgroup_id: 1,
+            workload: "/".into(),
+            comm: "curl".into(),
+            proto: "tcp",
+            dst_addr: addr.parse().unwrap(),
+            dst_port: port,
+            errno: Some("ECONNREFUSED".into()),
+            count,
+            last_ns: 0,
+        }
+    }
+
+    fn info() -> AgentInfo {
+        AgentInfo {
+            version: "0.1.0",
+            kernel: "6.18.0".into(),
+            hooks: vec![
+                HookReport {
+                    hook: "state",
+                    mode: Some(AttachMode::TpBtf),
+                    refused: vec![],
+                },
+                HookReport {
+                    hook: "connect",
+                    mode: Some(AttachMode::TpBtf),
+                    refused: vec![],
+                },
+                HookReport {
+                    hook: "inbound",
+                    mode: None,
+                    refused: vec![(AttachMode::TpBtf, "no".into())],
+                },
+            ],
+        }
+    }
+
+    fn text(snap: &Snapshot, series: &mut SeriesCap) -> String {
+        let mut out = Text::default();
+        counts::render(snap, series, &mut out);
+        agent::render(snap, series, &info(), 0, &mut out);
+        out.finish()
+    }
+
+    #[test]
+    fn renders_exactly() {
+        let snap = Snapshot {
+            outcomes: vec![
+                failure("10.0.0.7", 80, 3),
+                // The same label set from another cgroup: one series, summed.
+                Outcome {
+                    cgroup_id: 2,
+                    ..failure("10.0.0.7", 80, 2)
+                },
+                Outcome {
+                    comm: "a\"b\\c\nd".into(),
+                    ..failure("10.0.0.8", 443, 1)
+                },
+                // Successes feed verdicts only.
+                Outcome {
+                    errno: None,
+                    ..failure("10.0.0.7", 80, 9)
+                },
+            ],
+            resets_received: vec![ResetReceived {
+                workload: "/".into(),
+                comm: "unknown".into(),
+                dst_addr: "::1".parse().unwrap(),
+                dst_port: 80,
+                state: "established",
+                count: 2,
+            }],
+            resets_sent: vec![ResetSent {
+                workload: "service:srv.service".into(),
+                comm: "srv".into(),
+                reason: "tcp_abort_on_linger".into(),
+                count: 4,
+            }],
+            inbound: vec![Inbound {
+                local_addr: "10.0.0.1".parse().unwrap(),
+                local_port: 8080,
+                count: 9,
+            }],
+            overflow: Overflow {
+                inbound: 5,
+                ..Default::default()
+            },
+            drops: vec![("owner_map_full", 0)],
+            ..Default::default()
+        };
+        let expected = r#"# HELP refusal_connect_failures_total Outgoing connects that failed, by target and errno (counted in the kernel).
+# TYPE refusal_connect_failures_total counter
+refusal_connect_failures_total{workload="/",comm="curl",proto="tcp",dst_addr="10.0.0.7",dst_port="80",errno="ECONNREFUSED"} 5
+refusal_connect_failures_total{workload="/",comm="a\"b\\c\nd",proto="tcp",dst_addr="10.0.0.8",dst_port="443",errno="ECONNREFUSED"} 1
+# HELP refusal_resets_received_total RSTs received, by remote end and the TCP state the RST hit.
+# TYPE refusal_resets_received_total counter
+refusal_resets_received_total{workload="/",comm="unknown",dst_addr="::1",dst_port="80",state="established"} 2
+# HELP refusal_resets_sent_total RSTs this host's sockets sent, by sk_rst_reason.
+# TYPE refusal_resets_sent_total counter
+refusal_resets_sent_total{workload="service:srv.service",comm="srv",reason="tcp_abort_on_linger"} 4
+# HELP refusal_inbound_refused_total Inbound connection attempts this host refused (RST, no socket), by local address and port.
+# TYPE refusal_inbound_refused_total counter
+refusal_inbound_refused_total{local_addr="10.0.0.1",local_port="8080"} 9
+refusal_inbound_refused_total{local_addr="other",local_port="other"} 5
+# HELP refusal_agent_build_info Agent version and the kernel it runs on.
+# TYPE refusal_agent_build_info gauge
+refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
+"#;
+        let text = text(&snap, &mut SeriesCap::new(10));
+        assert!(text.starts_with(expected), "{text}");
+        for line in [
+            "refusal_agent_probe_attached{hook=\"state\",mode=\"tp_btf\"} 1\n",
+            "refusal_agent_probe_attached{hook=\"connect\",mode=\"fentry\"} 0\n",
+            // inbound lists tp_btf twice (tcp_send_reset, kfree_skb): one series, not attached here.
+            "refusal_agent_probe_attached{hook=\"inbound\",mode=\"tp_btf\"} 0\n",
+            "refusal_agent_events_dropped_total{where=\"owner_map_full\"} 0\n",
+            "refusal_agent_http_rejected_connections_total 0\n",
+            "refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 0\n",
+        ] {
+            assert_eq!(text.matches(line).count(), 1, "{line}\n{text}");
+        }
+        // An opt-in hook left off (no report) is not missing: no series to alert on.
+        assert!(!text.contains("hook=\"connect_sync\""), "{text}");
+        // No bpf stats: those families are left out, not written empty.
+        assert!(!text.contains("refusal_agent_bpf_runs_total"), "{text}");
+    }
+
+    #[test]
+    fn folding_keeps_totals_exact() {
+        let snap = Snapshot {
+            outcomes: (0..5).map(|i| failure(&format!("10.0.0.{i}"), 80, 10 + i)).collect(),
+            overflow: Overflow {
+                failures: [(("tcp", Label::from("ECONNREFUSED")), 7)].into_iter().collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut cap = SeriesCap::new(2);
+        let text = text(&snap, &mut cap);
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("refusal_connect_failures_total{"))
+            .collect();
+        // 2 admitted, the 3 folded ones under dst_addr="other", and the kernel's overflow slot.
+        assert_eq!(
+            failures,
+            [
+                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.0\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 10",
+                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.1\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 11",
+                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 39",
+                "refusal_connect_failures_total{workload=\"other\",comm=\"other\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 7",
+            ]
+        );
+        assert!(
+            text.contains("refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 3\n"),
+            "{text}"
+        );
+        // The same label sets again: admitted ones stay admitted, folded ones are not counted twice.
+        let again = super::tests::text(&snap, &mut cap);
+        assert_eq!(again, text);
+    }
+
+    fn seen(addr: &str, errno: Option<&str>, count: u64, last_s: u64) -> Seen {
+        Seen {
+            cgroup_id: 1,
+            workload: "/".into(),
+            comm: "app".into(),
+            proto: "tcp",
+            dst_addr: addr.parse().unwrap(),
+            dst_port: 8080,
+            errno: errno.map(Into::into),
+            count,
+            last_ns: last_s * 1_000_000_000,
+        }
+    }
+
+    fn snap_of(outcomes: Vec<Seen>) -> Snapshot {
+        Snapshot {
+            outcomes,
+            ..Default::default()
+        }
+    }
+
+    fn verdict_text(a: &Analysis, series: &mut SeriesCap) -> String {
+        let mut out = Text::default();
+        verdicts::render(a, series, &mut out);
+        out.finish()
+    }
+
+    #[test]
+    fn deltas_drive_episodes_watch_set_and_metrics() {
+        let mut a = Analysis::new(Thresholds::default());
+        let refused = |n, t| seen("10.0.0.7", Some("ECONNREFUSED"), n, t);
+        assert_eq!(
+            a.update(&snap_of(vec![refused(2, 10)]), Duration::from_secs(10)),
+            BTreeSet::from([8080])
+        );
+        // Same cumulative count again: nothing new.
+        a.update(&snap_of(vec![refused(2, 10)]), Duration::from_secs(11));
+        let ok = seen("10.0.0.7", None, 1, 14);
+        assert_eq!(
+            a.update(&snap_of(vec![refused(5, 13), ok]), Duration::from_secs(14)),
+            BTreeSet::new()
+        );
+        let t = &views::targets(&a, 0.0)[0];
+        assert_eq!((t.state, t.refused_total, t.cold_starts), (State::Ok, 5, 1));
+        assert_eq!(t.counts["ECONNREFUSED"], 5);
+        let text = verdict_text(&a, &mut SeriesCap::new(100));
+        assert!(text.contains("refusal_episodes_total{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",outcome=\"cold_start\"} 1\n"), "{text}");
+        assert!(
+            text.contains("refusal_cold_start_duration_seconds_sum{workload=\"/\",dst_port=\"8080\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refusal_cold_start_duration_seconds_bucket{workload=\"/\",dst_port=\"8080\",le=\"5\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn inbound_refusals_go_undiagnosed_while_listeners_cannot_be_listed() {
+        let inbound = |port, count| Inbound {
+            local_addr: "10.0.0.1".parse().unwrap(),
+            local_port: port,
+            count,
+        };
+        let snap = Snapshot {
+            inbound: vec![inbound(7000, 3), inbound(7001, 1)],
+            ..Snapshot::default()
+        };
+        let mut a = Analysis::new(Thresholds::default());
+        a.update(&snap, Duration::from_secs(10));
+        assert!(a.listing_due(Duration::from_secs(10)));
+        a.listed(None, Duration::from_secs(10));
+        let t = verdict_text(&a, &mut SeriesCap::new(100));
+        assert!(!t.contains("refusal_inbound_diagnosis{"), "{t}");
+        let views = views::inbound(&a);
+        let rows: Vec<_> = views
+            .iter()
+            .map(|v| (v.local_port, v.refused_total, v.diagnosis))
+            .collect();
+        assert_eq!(rows, [(7000, 3, "unknown"), (7001, 1, "unknown")]);
+        // Once a listing works, the diagnosis comes back: nothing listens on either port.
+        a.update(&snap, Duration::from_secs(12));
+        assert!(a.listing_due(Duration::from_secs(12)));
+        a.listed(Some(vec!["10.0.0.1:22".parse().unwrap()]), Duration::from_secs(12));
+        let diagnoses: Vec<_> = views::inbound(&a).iter().map(|v| v.diagnosis).collect();
+        assert_eq!(diagnoses, ["not_listening", "not_listening"]);
+        let t = verdict_text(&a, &mut SeriesCap::new(100));
+        assert_eq!(t.matches("diagnosis=\"not_listening\"} 1").count(), 2, "{t}");
+    }
+
+    #[test]
+    fn another_address_answering_is_a_stale_address() {
+        let mut a = Analysis::new(Thresholds::default());
+        let s = snap_of(vec![
+            seen("10.0.0.7", Some("ECONNREFUSED"), 3, 10),
+            seen("10.0.0.8", None, 4, 11),
+        ]);
+        a.update(&s, Duration::from_secs(12));
+        let views = views::targets(&a, 0.0);
+        let stale = views.iter().find(|t| t.dst_addr == "10.0.0.7").unwrap();
+        assert_eq!(stale.diagnosis, Some("stale_address"));
+        assert!(
+            stale
+                .explanation
+                .ends_with("the same workload reaches port 8080 on 10.0.0.8: stale address"),
+            "{}",
+            stale.explanation
+        );
+        let text = verdict_text(&a, &mut SeriesCap::new(100));
+        assert!(text.contains("refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",state=\"refusing\"} 1\n"), "{text}");
+        assert!(!text.contains("state=\"persistent\""), "{text}");
+    }
+
+    #[test]
+    fn targets_past_the_cap_fold_into_one_state_series() {
+        let mut a = Analysis::new(Thresholds::default());
+        let s = snap_of(
+            (1..=4)
+                .map(|i| seen(&format!("10.0.0.{i}"), Some("ECONNREFUSED"), 1, 10))
+                .collect(),
+        );
+        a.update(&s, Duration::from_secs(10));
+        let mut cap = SeriesCap::new(2);
+        let text = verdict_text(&a, &mut cap);
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("refusal_target_state{"))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.1\",dst_port=\"8080\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.2\",dst_port=\"8080\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"other\",dst_port=\"other\",state=\"refusing\"} 1",
+            ]
+        );
+        assert_eq!(cap.overflow().last(), Some(("refusal_target_state", 2)));
+    }
+}

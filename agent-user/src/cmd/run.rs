@@ -1,0 +1,290 @@
+//! `refusal-agent run`: load and attach (kernel), drop privileges, then tick (collect →
+//! analyse) and serve until a signal.
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+
+use agent_core::{
+    analyse::analysis::Analysis,
+    config::{Config, LogFormat, web},
+    kernel::hooks,
+    serve::{agent::AgentInfo, series::SeriesCap},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    analyse,
+    cli::RunArgs,
+    collect::{
+        cgroups::CgroupResolver,
+        collector::{CollectError, Collector},
+    },
+    kernel::{
+        self, caps, loader,
+        pins::{self, PinError, Pins},
+    },
+    serve::{self, http, state::State},
+};
+
+/// `run` from its arguments to its exit code: 2 for bad configuration, 1 for anything that
+/// stops the daemon, 0 after SIGTERM or SIGINT.
+pub fn main(args: &RunArgs) -> ExitCode {
+    let cfg = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("refusal-agent: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A bad web config is a usage error: refuse it before loading any program.
+    if let Some(path) = &cfg.web_config_file
+        && let Err(e) = web::load(path)
+    {
+        eprintln!("refusal-agent: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let user = match cfg.user.as_deref().map(caps::resolve_user).transpose() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("refusal-agent: bad configuration: `user`: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.log_format);
+    let flavor = if args.bench_empty_programs {
+        loader::Flavor::Empty
+    } else {
+        loader::Flavor::Daemon
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        tracing::error!("{e}");
+        eprintln!("refusal-agent: {e}");
+        ExitCode::from(1)
+    };
+    let started = match start(cfg, flavor) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let (Some(id), Some(pins)) = (&user, started.pins.as_ref())
+        && let Err(e) = pins.chown(id.uid, id.gid)
+    {
+        return fail(&e);
+    }
+    // Before the runtime starts its threads: capabilities are per thread.
+    match caps::drop_privileges(user.as_ref()) {
+        // SAFETY: getuid cannot fail.
+        Ok(kept) => {
+            tracing::info!(uid = unsafe { libc::getuid() }, kept = ?caps::names(kept), "privileges dropped")
+        }
+        Err(e) => return fail(&e),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("starting the async runtime: {e}")),
+    };
+    match runtime.block_on(serve(started)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REFUSAL_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Why the daemon could not start or keep running: every one exits 1 (usage errors, exit 2,
+/// never get this far).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error(transparent)]
+    Collect(#[from] CollectError),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("installing signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("the HTTP server ended: {0}")]
+    Http(String),
+}
+
+/// A daemon that has attached its programs and bound its listener, not yet serving: the
+/// privileged part is over (see [`caps::drop_privileges`]).
+struct Started {
+    state: Arc<State>,
+    listener: std::net::TcpListener,
+    pins: Option<Pins>,
+    cfg: Config,
+}
+
+/// Loads and attaches (taking over from a predecessor's pinned programs), and binds the
+/// listener. `flavor` is [`loader::Flavor::Daemon`] except for the benchmarks' floor, which
+/// pins nothing.
+fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
+    let kernel = loader::prepare()?;
+    for w in &kernel.resolved.warnings {
+        tracing::warn!("{w}");
+    }
+    let pins = match flavor {
+        loader::Flavor::Daemon => match Pins::open(&cfg.pin_dir) {
+            Ok(p) => Some(p),
+            // Two daemons on one pin directory would take each other's programs away.
+            Err(e @ PinError::Busy(_)) => return Err(e.into()),
+            // Without a usable bpffs (a container without /sys/fs/bpf, a read-only mount) the
+            // daemon still counts; only a restart loses what happens meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, "restart continuity is off");
+                None
+            }
+        },
+        _ => None,
+    };
+    let plan = match &pins {
+        Some(p) => Some(p.plan(&pins::object_layouts(loader::OBJECT))?),
+        None => None,
+    };
+    if let Some(plan) = plan.as_ref().filter(|p| !p.discarded.is_empty()) {
+        tracing::warn!(maps = ?plan.discarded, "pinned maps from a build with another layout: their counts restart");
+    }
+    let mut loaded = match loader::load_and_attach(
+        &kernel,
+        cfg.attach,
+        hooks::opt_in(cfg.connect_sync),
+        flavor,
+        plan.as_ref(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            // Leave a predecessor's programs counting; remove only what this start created.
+            if let Some(p) = pins.filter(Pins::fresh) {
+                let _ = p.remove();
+            }
+            return Err(e.into());
+        }
+    };
+    for h in &loaded.hooks {
+        let refused: Vec<String> = h.refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+        tracing::info!(hook = h.hook, mode = %h.mode.map_or("none", |m| m.name()), refused = ?refused, "hook attached");
+    }
+    if let (Some(p), Some(plan)) = (&pins, &plan) {
+        // Pinned before the switch: if pinning fails, the predecessor's programs still count.
+        if let Err(e) = p.pin_links(plan.generation, std::mem::take(&mut loaded.links)) {
+            if p.fresh() {
+                let _ = std::fs::remove_dir_all(p.dir());
+            }
+            return Err(e.into());
+        }
+        loader::activate(&mut loaded.ebpf, plan.generation)?;
+        let old = p.retire_links(plan.generation)?;
+        tracing::info!(
+            dir = %p.dir().display(),
+            generation = plan.generation,
+            maps_reused = plan.reused,
+            old_links = old,
+            "pinned; counting continues across restarts"
+        );
+    }
+    let resolver = CgroupResolver::new()
+        .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
+        .ok();
+    // The parsed BTF (tens of MiB) is needed only to load and attach.
+    let rst_reasons = kernel.resolved.rst_reasons;
+    drop((kernel.btf, kernel.ours));
+    let collector = Collector::new(loaded.ebpf, resolver, rst_reasons)?;
+    let info = AgentInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: kernel::release(),
+        hooks: loaded.hooks,
+    };
+    let state = State::new(
+        collector,
+        Analysis::new(cfg.thresholds()),
+        SeriesCap::new(cfg.max_series),
+        info,
+    );
+    // Bound before privileges go, so a port below 1024 works with `--user`.
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| DaemonError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    Ok(Started {
+        state: Arc::new(state),
+        listener,
+        pins,
+        cfg,
+    })
+}
+
+/// Serves until SIGTERM or SIGINT, then detaches (or, with `keep_pins`, leaves the programs
+/// counting for the next daemon).
+async fn serve(started: Started) -> Result<(), DaemonError> {
+    let Started {
+        state,
+        listener,
+        pins,
+        cfg,
+    } = started;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| DaemonError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    tracing::info!(listen = %cfg.listen, "serving /metrics, /healthz, /readyz, /api/targets");
+    let stats = Arc::new(http::Stats::default());
+    let endpoints = serve::endpoints(&state, &stats);
+    let mut http = tokio::spawn(http::serve(listener, endpoints, stats, cfg.web_config_file.clone()));
+
+    state.tick()?;
+    state.set_ready();
+
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut tick = tokio::time::interval(analyse::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopped = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = state.tick() {
+                    tracing::warn!(error = %e, "collection failed");
+                }
+            }
+            _ = term.recv() => break Ok("SIGTERM"),
+            _ = int.recv() => break Ok("SIGINT"),
+            // The server never returns; if it panicked, exit rather than run blind.
+            end = &mut http => break Err(DaemonError::Http(match end {
+                Err(e) => e.to_string(),
+                Ok(()) => "stopped".into(),
+            })),
+        }
+    };
+    match (&stopped, pins) {
+        (Ok(signal), Some(p)) if cfg.keep_pins => {
+            tracing::info!(dir = %p.dir().display(), "{signal}: exiting, programs keep counting (--keep-pins)");
+        }
+        (Ok(signal), Some(p)) => {
+            tracing::info!("{signal}: detaching and exiting");
+            if let Err(e) = p.remove() {
+                tracing::warn!(error = %e, "removing the pins");
+            }
+        }
+        (Ok(signal), None) => tracing::info!("{signal}: detaching and exiting"),
+        // A crash keeps the pins, like SIGKILL: the next daemon takes over.
+        (Err(_), _) => {}
+    }
+    // Dropping the collector's `Ebpf` closes our descriptors: unpinned programs detach.
+    drop(state);
+    stopped.map(|_| ())
+}

@@ -1,0 +1,90 @@
+//! `refusal-agent status`: the running daemon's targets as a table, from `/api/targets`.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::ExitCode,
+    time::Duration,
+};
+
+use agent_core::serve::views::Target;
+
+pub fn run(listen: SocketAddr) -> ExitCode {
+    match fetch_targets(listen) {
+        Ok(targets) => {
+            print!("{}", table(&targets));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refusal-agent: asking the daemon at {listen}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn fetch_targets(addr: SocketAddr) -> Result<Vec<Target>, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET /api/targets HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        targets: Vec<Target>,
+    }
+    serde_json::from_str::<Body>(body)
+        .map(|b| b.targets)
+        .map_err(|e| e.to_string())
+}
+
+pub fn table(targets: &[Target]) -> String {
+    let mut out = format!(
+        "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
+        "WORKLOAD", "COMM", "TARGET", "STATE", "REFUSED", "WHY"
+    );
+    for t in targets {
+        let target = if t.dst_addr.contains(':') {
+            format!("[{}]:{}", t.dst_addr, t.dst_port)
+        } else {
+            format!("{}:{}", t.dst_addr, t.dst_port)
+        };
+        out.push_str(&format!(
+            "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
+            t.workload, t.comm, target, t.state, t.refused_total, t.explanation
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_row_per_target() {
+        let t = Target {
+            workload: "container:0123456789ab".into(),
+            comm: "app".into(),
+            dst_addr: "fd00::7".into(),
+            dst_port: 8080,
+            state: "persistent".into(),
+            refused_total: 212,
+            explanation: "refused 212 times over 3m12s and never accepted".into(),
+            ..Target::default()
+        };
+        let text = table(&[t]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("container:0123456789ab   app             [fd00::7]:8080"),
+            "{row}"
+        );
+        assert!(
+            row.ends_with("persistent     212  refused 212 times over 3m12s and never accepted"),
+            "{row}"
+        );
+    }
+}

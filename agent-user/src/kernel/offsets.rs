@@ -1,0 +1,254 @@
+//! Field offsets and enum values the kernel programs need, resolved from the running kernel at
+//! load time: BTF for kernel structs, tracefs format files for classic tracepoint records.
+use std::collections::BTreeMap;
+
+use agent_common::{Offsets, RST_REASON_NOT_SPECIFIED, TracepointOffsets};
+use agent_core::kernel::{
+    btf::{Btf, BtfError},
+    tracefs::field_offset,
+};
+
+use crate::kernel::tracefs;
+
+#[derive(Debug, thiserror::Error)]
+#[error("resolving {what} from the kernel's BTF: {source}")]
+pub struct OffsetError {
+    what: &'static str,
+    source: BtfError,
+}
+
+/// What the loader needs to know about this kernel beyond the offsets themselves.
+#[derive(Clone, Debug, Default)]
+pub struct Resolved {
+    pub offsets: Offsets,
+    /// Classic tracepoint programs that cannot be used, with why (tracefs missing, a field
+    /// missing), by program name.
+    pub tracepoints_unavailable: BTreeMap<&'static str, String>,
+    /// `sk_rst_reason` value → label (`no_socket`, `tcp_abort_on_close`, …).
+    pub rst_reasons: BTreeMap<u32, String>,
+    /// Degraded features, for the log: optional fields this kernel lacks.
+    pub warnings: Vec<String>,
+}
+
+type TpSlot = fn(&mut TracepointOffsets) -> &mut u32;
+/// (program, category, event, fields the program reads).
+type TpFields = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, TpSlot)],
+);
+
+const TRACEPOINTS: &[TpFields] = &[
+    (
+        "sock_state_tp",
+        "sock",
+        "inet_sock_set_state",
+        &[
+            ("skaddr", |t| &mut t.state_skaddr),
+            ("oldstate", |t| &mut t.state_oldstate),
+            ("newstate", |t| &mut t.state_newstate),
+        ],
+    ),
+    (
+        "send_reset_tp",
+        "tcp",
+        "tcp_send_reset",
+        &[
+            ("skbaddr", |t| &mut t.send_reset_skbaddr),
+            ("skaddr", |t| &mut t.send_reset_skaddr),
+            ("reason", |t| &mut t.send_reset_reason),
+        ],
+    ),
+    // Before 6.10 the record has no reason.
+    (
+        "send_reset_tp_pre610",
+        "tcp",
+        "tcp_send_reset",
+        &[
+            ("skbaddr", |t| &mut t.send_reset_skbaddr),
+            ("skaddr", |t| &mut t.send_reset_skaddr),
+        ],
+    ),
+    (
+        "receive_reset_tp",
+        "tcp",
+        "tcp_receive_reset",
+        &[("skaddr", |t| &mut t.receive_reset_skaddr)],
+    ),
+    (
+        "error_report_tp",
+        "sock",
+        "inet_sk_error_report",
+        &[
+            ("error", |t| &mut t.error_report_error),
+            ("dport", |t| &mut t.error_report_dport),
+            ("family", |t| &mut t.error_report_family),
+            ("protocol", |t| &mut t.error_report_protocol),
+            ("daddr", |t| &mut t.error_report_daddr),
+            ("daddr_v6", |t| &mut t.error_report_daddr_v6),
+        ],
+    ),
+    (
+        "kfree_skb_tp",
+        "skb",
+        "kfree_skb",
+        &[
+            ("skbaddr", |t| &mut t.kfree_skb_skbaddr),
+            ("reason", |t| &mut t.kfree_skb_reason),
+        ],
+    ),
+    (
+        "connect_enter",
+        "syscalls",
+        "sys_enter_connect",
+        &[
+            ("fd", |t| &mut t.connect_fd),
+            ("uservaddr", |t| &mut t.connect_uservaddr),
+        ],
+    ),
+    (
+        "connect_exit",
+        "syscalls",
+        "sys_exit_connect",
+        &[("ret", |t| &mut t.exit_connect_ret)],
+    ),
+];
+
+type Slot = fn(&mut Offsets) -> &mut u32;
+
+/// `struct sock` fields every hook needs: without them nothing works.
+const REQUIRED: &[(&str, &str, u32, Slot)] = &[
+    ("sock_common", "skc_family", 2, |o| &mut o.skc_family),
+    ("sock_common", "skc_dport", 2, |o| &mut o.skc_dport),
+    ("sock_common", "skc_daddr", 4, |o| &mut o.skc_daddr),
+    ("sock_common", "skc_v6_daddr", 16, |o| &mut o.skc_v6_daddr),
+    ("sock_common", "skc_state", 1, |o| &mut o.skc_state),
+    ("sock", "sk_protocol", 2, |o| &mut o.sk_protocol),
+    ("sock", "sk_err", 4, |o| &mut o.sk_err),
+];
+
+/// Fields behind single features; a kernel without one loses only that feature.
+const OPTIONAL: &[(&str, &str, &str, Slot)] = &[
+    (
+        "tcp_sock",
+        "tcp_clock_cache",
+        "TCP event times without a clock read",
+        |o| &mut o.tcp_clock_cache,
+    ),
+    ("task_struct", "comm", "connect owners without helper calls", |o| {
+        &mut o.task_comm
+    }),
+    ("task_struct", "tgid", "connect owners without helper calls", |o| {
+        &mut o.task_tgid
+    }),
+    ("task_struct", "cgroups", "connect owners without helper calls", |o| {
+        &mut o.task_cgroups
+    }),
+    ("css_set", "dfl_cgrp", "connect owners without helper calls", |o| {
+        &mut o.css_set_dfl_cgrp
+    }),
+    ("sock", "sk_cgrp_data", "socket cgroup attribution", |o| {
+        &mut o.sk_cgrp_data
+    }),
+    ("sock_cgroup_data", "cgroup", "socket cgroup attribution", |o| {
+        &mut o.sock_cgroup_data_cgroup
+    }),
+    ("cgroup", "kn", "socket cgroup attribution", |o| &mut o.cgroup_kn),
+    ("kernfs_node", "id", "socket cgroup attribution", |o| {
+        &mut o.kernfs_node_id
+    }),
+    ("sk_buff", "head", "inbound refusal addresses", |o| &mut o.skb_head),
+    ("sk_buff", "network_header", "inbound refusal addresses", |o| {
+        &mut o.skb_network_header
+    }),
+    ("sk_buff", "transport_header", "inbound refusal addresses", |o| {
+        &mut o.skb_transport_header
+    }),
+    ("task_struct", "files", "synchronous connect failures", |o| {
+        &mut o.task_files
+    }),
+    ("files_struct", "fdt", "synchronous connect failures", |o| {
+        &mut o.files_fdt
+    }),
+    ("fdtable", "fd", "synchronous connect failures", |o| &mut o.fdtable_fd),
+    ("fdtable", "max_fds", "synchronous connect failures", |o| {
+        &mut o.fdtable_max_fds
+    }),
+    ("file", "private_data", "synchronous connect failures", |o| {
+        &mut o.file_private_data
+    }),
+    ("socket", "sk", "synchronous connect failures", |o| &mut o.socket_sk),
+];
+
+pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
+    let mut r = Resolved::default();
+    for (ty, field, size, slot) in REQUIRED {
+        let err = |source| OffsetError { what: field, source };
+        *slot(&mut r.offsets) = btf.member_offset(ty, field).map_err(err)?;
+        // The programs read these with fixed widths: catch a kernel that changed one.
+        if btf.member_size(ty, field).map_err(err)? != *size {
+            return Err(err(BtfError::Malformed("unexpected field width")));
+        }
+    }
+    for (ty, field, feature, slot) in OPTIONAL {
+        match btf.member_offset(ty, field) {
+            Ok(off) => *slot(&mut r.offsets) = off,
+            Err(e) => r.warnings.push(format!("{feature} unavailable: {e}")),
+        }
+    }
+    r.rst_reasons = reason_labels(btf, "sk_rst_reason", "SK_RST_REASON_");
+    // Before 6.10 there are no reasons: every reset is counted as not specified.
+    if r.rst_reasons.is_empty() {
+        r.rst_reasons.insert(RST_REASON_NOT_SPECIFIED, "not_specified".into());
+    }
+    // A value no reason has where the enum is missing, so the kernel check never matches.
+    let value = |ty, name| {
+        btf.enum_value(ty, name)
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(u32::MAX)
+    };
+    r.offsets.rst_no_socket = value("sk_rst_reason", "SK_RST_REASON_NO_SOCKET");
+    r.offsets.drop_no_socket = value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET");
+    resolve_tracepoints(&mut r);
+    Ok(r)
+}
+
+/// Enum values by lower-case name without the common prefix; empty when the enum is absent.
+fn reason_labels(btf: &Btf, ty: &str, prefix: &str) -> BTreeMap<u32, String> {
+    btf.enum_variants(ty)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, v)| {
+            Some((
+                u32::try_from(v).ok()?,
+                name.strip_prefix(prefix).unwrap_or(&name).to_lowercase(),
+            ))
+        })
+        .collect()
+}
+
+fn resolve_tracepoints(r: &mut Resolved) {
+    for (program, category, event, fields) in TRACEPOINTS {
+        let format = match tracefs::read_format(category, event) {
+            Ok(f) => f,
+            Err(e) => {
+                r.tracepoints_unavailable
+                    .insert(program, format!("no {category}:{event} in tracefs ({e})"));
+                continue;
+            }
+        };
+        for (field, slot) in *fields {
+            match field_offset(&format, field) {
+                Some(off) => *slot(&mut r.offsets.tp) = off,
+                None => {
+                    r.tracepoints_unavailable.insert(
+                        program,
+                        format!("{category}:{event} has no `{field}` field on this kernel"),
+                    );
+                }
+            }
+        }
+    }
+}

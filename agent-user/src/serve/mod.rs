@@ -1,0 +1,28 @@
+//! The serve stage: the state the tick and the endpoints share, `/metrics` and `/api/targets`
+//! from it, and the hardened HTTP server they are handed to.
+pub mod api;
+pub mod http;
+pub mod metrics;
+pub mod state;
+
+use std::sync::Arc;
+
+use hyper::body::Bytes;
+
+use self::state::State;
+
+/// The endpoints over `state`; `stats` is the HTTP server's, whose counts `/metrics` reports.
+pub fn endpoints(state: &Arc<State>, stats: &Arc<http::Stats>) -> http::Endpoints {
+    let (scraped, stats) = (state.clone(), stats.clone());
+    let targets = state.clone();
+    let ready = state.clone();
+    http::Endpoints {
+        metrics: Arc::new(move || {
+            metrics::scrape(&scraped, stats.rejected_connections())
+                .map(Bytes::from_owner)
+                .map_err(|e| e.to_string())
+        }),
+        targets: Arc::new(move || Ok(api::targets_json(&targets).into())),
+        ready: Arc::new(move || ready.is_ready()),
+    }
+}
