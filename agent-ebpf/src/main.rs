@@ -8,6 +8,7 @@ mod error_report;
 mod maps;
 mod owner;
 mod reset;
+mod runtime;
 mod sock;
 mod state;
 mod syscall;

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{maps, owner, sock};
+use crate::{maps, owner, runtime, sock};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -38,7 +38,7 @@ static CONNECTING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_connect_enter(&ctx))
+    runtime::run(|| try_connect_enter(&ctx))
 }
 
 /// Costs three loads and a store per connect(2); the sockaddr is read only on failure.
@@ -62,7 +62,7 @@ fn user<T>(addr: *const u8, offset: usize) -> Result<T, u32> {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_connect_exit(&ctx))
+    runtime::run(|| try_connect_exit(&ctx))
 }
 
 fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -87,7 +87,14 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         _ => return Ok(0),
     };
     let mut o = core::mem::MaybeUninit::uninit();
-    maps::connect_outcome(owner::current(&mut o), proto, daddr, dport, (-ret) as u16, maps::now());
+    maps::connect_outcome(
+        owner::current(&mut o),
+        proto,
+        daddr,
+        dport,
+        (-ret) as u16,
+        runtime::now(),
+    );
     Ok(0)
 }
 
