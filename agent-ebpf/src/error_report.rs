@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps, owner, runtime,
+    count, owner, runtime,
     sock::{self, Btf, Mem},
 };
 
@@ -30,7 +30,7 @@ fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     // Loopback and veth deliver the ICMP error in the sending task's context.
     let mut scratch = core::mem::MaybeUninit::uninit();
     let o = owner::of_socket::<M>(sk, true, &mut scratch);
-    maps::connect_outcome(o, proto::UDP, daddr, dport, err as u16, runtime::now());
+    count::connect_outcome(o, proto::UDP, daddr, dport, err as u16, runtime::now());
     Ok(0)
 }
 
@@ -64,7 +64,7 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         }
     };
     let mut o = core::mem::MaybeUninit::uninit();
-    maps::connect_outcome(
+    count::connect_outcome(
         owner::current(&mut o),
         proto::UDP,
         daddr,

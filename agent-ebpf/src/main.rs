@@ -4,6 +4,7 @@
 #![no_main]
 
 mod connect;
+mod count;
 mod error_report;
 mod maps;
 mod owner;

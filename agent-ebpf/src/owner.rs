@@ -13,7 +13,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{self, OWNERS},
+    count,
+    maps::OWNERS,
     runtime,
     sock::{self, Btf, Mem},
 };
@@ -123,7 +124,7 @@ pub fn record(sk: *const u8) {
     let mut o = MaybeUninit::uninit();
     let owner: &Owner = current(&mut o);
     if OWNERS.insert(sk as u64, owner, 0).is_err() {
-        maps::drop(Drop::OwnerMapFull);
+        count::drop(Drop::OwnerMapFull);
     }
 }
 

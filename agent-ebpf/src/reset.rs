@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps, owner, runtime,
+    count, owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
@@ -73,8 +73,8 @@ fn on_send_reset<M: Mem>(sk: *const u8, skb: *const u8, reason: u32) -> Result<u
     key.cgroup_id = o.cgroup_id;
     runtime::copy_comm(&mut key.comm, &o.comm);
     key.reason = reason;
-    maps::count_reset_sent(key);
-    maps::emit(|| Event {
+    count::count_reset_sent(key);
+    count::emit(|| Event {
         cgroup_id: o.cgroup_id,
         tgid: o.tgid,
         kind: event_kind::RESET_SENT,
@@ -104,8 +104,8 @@ fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
     let key: &mut InboundKey = runtime::zero(&mut key);
     key.laddr = sock::bytes(laddr);
     key.lport = lport;
-    maps::count_inbound(key);
-    maps::emit(|| {
+    count::count_inbound(key);
+    count::emit(|| {
         let (saddr, sport) = p.src().unwrap_or_default();
         Event {
             kind: event_kind::INBOUND_REFUSED,
@@ -175,7 +175,7 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
         && let Some(o) = owner::get_mut(sk)
     {
         o.flags |= owner_flags::RESET_IN_SYN_SENT;
-        maps::emit(|| {
+        count::emit(|| {
             let (daddr, dport) = sock::peer::<M>(sk).unwrap_or_default();
             received_event(o, daddr, dport, state)
         });
@@ -192,8 +192,8 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     runtime::copy_comm(&mut key.comm, &o.comm);
     key.dport = dport;
     key.state = state;
-    maps::count_reset_received(key);
-    maps::emit(|| received_event(o, daddr, dport, state));
+    count::count_reset_received(key);
+    count::emit(|| received_event(o, daddr, dport, state));
     Ok(0)
 }
 

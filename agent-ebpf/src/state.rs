@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps, owner, runtime,
+    count, owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
@@ -66,11 +66,11 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
 #[inline(always)]
 fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    if !maps::watched(dport) {
+    if !count::watched(dport) {
         return Ok(0);
     }
     let o = owner::get(sk).unwrap_or(&owner::NOBODY);
-    maps::connect_outcome(o, proto::TCP, daddr, dport, 0, sock::tcp_time::<M>(sk));
+    count::connect_outcome(o, proto::TCP, daddr, dport, 0, sock::tcp_time::<M>(sk));
     Ok(0)
 }
 
@@ -82,6 +82,6 @@ fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
         return Ok(0);
     }
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    maps::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
+    count::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
     Ok(0)
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{maps, owner, runtime, sock};
+use crate::{count, owner, runtime, sock};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -87,7 +87,7 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         _ => return Ok(0),
     };
     let mut o = core::mem::MaybeUninit::uninit();
-    maps::connect_outcome(
+    count::connect_outcome(
         owner::current(&mut o),
         proto,
         daddr,
