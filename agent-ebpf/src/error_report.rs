@@ -53,7 +53,7 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // SAFETY: as above.
     let daddr = unsafe {
-        if read(sock::off!(tp.error_report_family))? == 2 {
+        if read(sock::off!(tp.error_report_family))? == sock::AF_INET {
             sock::mapped(
                 ctx.read_at::<u32>(sock::off!(tp.error_report_daddr) as usize)
                     .map_err(|_| 0u32)?,

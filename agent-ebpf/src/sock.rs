@@ -8,8 +8,8 @@ use aya_ebpf::{
 
 use crate::runtime;
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: Offsets = Offsets {

@@ -11,8 +11,6 @@ use aya_ebpf::{
 
 use crate::{count, owner, runtime, sock};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 /// Errors connect(2) returns only synchronously; asynchronous ones (ECONNREFUSED, ETIMEDOUT,
 /// EHOSTUNREACH…) are counted at the state change and must not be counted twice.
 const SYNC_ERRORS: [i64; 4] = [
@@ -77,8 +75,8 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let addr = p.addr as *const u8;
     let dport = u16::from_be(user(addr, 2)?);
     let daddr = match user::<u16>(addr, 0)? {
-        AF_INET => sock::mapped(user(addr, 4)?),
-        AF_INET6 => user::<sock::Addr>(addr, 8)?,
+        sock::AF_INET => sock::mapped(user(addr, 4)?),
+        sock::AF_INET6 => user::<sock::Addr>(addr, 8)?,
         _ => return Ok(0),
     };
     let proto = match socket_protocol(p.fd)? {
