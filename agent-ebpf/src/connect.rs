@@ -6,11 +6,11 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 
-use crate::{maps, owner};
+use crate::{owner, runtime};
 
 #[fentry(function = "tcp_v4_connect")]
 pub fn connect4_fentry(ctx: FEntryContext) -> u32 {
-    maps::run(|| {
+    runtime::run(|| {
         owner::record(ctx.arg(0));
         Ok(0)
     })
@@ -18,7 +18,7 @@ pub fn connect4_fentry(ctx: FEntryContext) -> u32 {
 
 #[fentry(function = "tcp_v6_connect")]
 pub fn connect6_fentry(ctx: FEntryContext) -> u32 {
-    maps::run(|| {
+    runtime::run(|| {
         owner::record(ctx.arg(0));
         Ok(0)
     })
@@ -26,7 +26,7 @@ pub fn connect6_fentry(ctx: FEntryContext) -> u32 {
 
 #[kprobe]
 pub fn connect_kprobe(ctx: ProbeContext) -> u32 {
-    maps::run(|| {
+    runtime::run(|| {
         owner::record(ctx.arg::<*const u8>(0).ok_or(0u32)?);
         Ok(0)
     })

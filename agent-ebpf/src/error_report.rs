@@ -7,13 +7,13 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps, owner,
+    count, owner, runtime,
     sock::{self, Btf, Mem},
 };
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_error_report::<Btf>(ctx.arg(0)))
+    runtime::run(|| on_error_report::<Btf>(ctx.arg(0)))
 }
 
 #[inline(always)]
@@ -30,14 +30,14 @@ fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     // Loopback and veth deliver the ICMP error in the sending task's context.
     let mut scratch = core::mem::MaybeUninit::uninit();
     let o = owner::of_socket::<M>(sk, true, &mut scratch);
-    maps::connect_outcome(o, proto::UDP, daddr, dport, err as u16, maps::now());
+    count::connect_outcome(o, proto::UDP, daddr, dport, err as u16, runtime::now());
     Ok(0)
 }
 
 /// The classic tracepoint's record has no socket: attribution falls back to the current task.
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn error_report_tp(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_error_report_tp(&ctx))
+    runtime::run(|| try_error_report_tp(&ctx))
 }
 
 fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -53,7 +53,7 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     // SAFETY: as above.
     let daddr = unsafe {
-        if read(sock::off!(tp.error_report_family))? == 2 {
+        if read(sock::off!(tp.error_report_family))? == sock::AF_INET {
             sock::mapped(
                 ctx.read_at::<u32>(sock::off!(tp.error_report_daddr) as usize)
                     .map_err(|_| 0u32)?,
@@ -64,13 +64,13 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         }
     };
     let mut o = core::mem::MaybeUninit::uninit();
-    maps::connect_outcome(
+    count::connect_outcome(
         owner::current(&mut o),
         proto::UDP,
         daddr,
         dport,
         err as u16,
-        maps::now(),
+        runtime::now(),
     );
     Ok(0)
 }

@@ -1,13 +1,26 @@
 //! Kernel programs of refusal-agent. One module per probe family; entry points are thin
 //! wrappers around shared logic so every attach mode of a hook runs the same code.
+//!
+//! Module graph, a DAG: each module uses only the ones after its arrow.
+//! ```text
+//! connect                             → owner, runtime
+//! error_report, reset, state, syscall → owner, count, sock, runtime
+//! owner    (who a socket belongs to)  → count, sock, runtime, maps
+//! count    (what is counted)          → sock, runtime, maps
+//! sock     (kernel struct reads)      → runtime
+//! runtime  (per-run helpers)          → maps
+//! maps     (shared with user space)   → none
+//! ```
 #![no_std]
 #![no_main]
 
 mod connect;
+mod count;
 mod error_report;
 mod maps;
 mod owner;
 mod reset;
+mod runtime;
 mod sock;
 mod state;
 mod syscall;

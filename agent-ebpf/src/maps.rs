@@ -1,14 +1,13 @@
-use agent_common::{
-    Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, owner_flags, proto, tcp_state,
-};
+//! The maps user space reads or writes and the globals its loader sets: declarations only, so
+//! every name it finds them by is here. Kernel-only working space stays private to the one
+//! module that uses it (`SCRATCH` in runtime, `OWNER_SLOTS` in owner, `CONNECTING` in
+//! syscall), with the type it holds.
+use agent_common::{Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow};
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-
-use crate::sock::{self, Addr};
 
 /// Connects in flight and client connections alive: socket address → who started it, for the
 /// sockets whose slot in `owner::SLOTS` another socket holds. Deleted when the socket closes.
@@ -23,12 +22,6 @@ pub static OWNERS: HashMap<u64, Owner> = HashMap::with_max_entries(65536, 0);
 /// by user space, which scans it on every tick without a syscall.
 #[map(name = "WATCH")]
 pub static WATCH: Array<u8> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
-
-/// Whether successful connects to `port` are counted.
-#[inline(always)]
-pub fn watched(port: u16) -> bool {
-    WATCH.get(u32::from(port)).is_some_and(|w| *w != 0)
-}
 
 /// Connect outcomes per target and errno (errno 0: a success to a port being watched).
 /// Never evicted: when full, failures go to `OVERFLOW`.
@@ -52,20 +45,6 @@ pub static OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(overflow::
 #[map(name = "DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
 
-/// Per-CPU working space of one program run.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scratch {
-    /// The jiffy of this CPU's last clock read and what it read: see [`tick_ns`].
-    jiffies: u64,
-    ns: u64,
-    /// See [`address`].
-    addr: u64,
-}
-
-#[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
 /// Runtime switches written by user space once it knows which attach modes won, indexed by
 /// [`agent_common::config`].
 #[map(name = "CONFIG")]
@@ -75,14 +54,17 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(agent_common::config::CO
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+// The globals below are rewritten by the loader before load: read them with `read_volatile`,
+// or the compiler folds in the zeros written here.
+
 /// True only in the `trace` command's instance; the daemon's verifier prunes the emit paths.
 #[unsafe(no_mangle)]
-static EMIT_EVENTS: u8 = 0;
+pub static EMIT_EVENTS: u8 = 0;
 
 /// Benchmarks only: every program returns at once, to measure the cost of being attached at
 /// all (the "floor"). Read-only, so the verifier prunes the check from the real programs.
 #[unsafe(no_mangle)]
-static EMPTY_PROGRAMS: u8 = 0;
+pub static EMPTY_PROGRAMS: u8 = 0;
 
 /// This copy's generation. A copy counts only while `CONFIG[GENERATION]` holds its own, so a
 /// restarted daemon attaches its programs next to its predecessor's pinned ones and takes over
@@ -90,276 +72,4 @@ static EMPTY_PROGRAMS: u8 = 0;
 /// forgetting one is not (an idle copy running first would hide it from the counting one), so
 /// it is gated too.
 #[unsafe(no_mangle)]
-static GENERATION: u32 = 0;
-
-#[inline(always)]
-pub fn counting() -> bool {
-    // SAFETY: reading a static the loader may rewrite before load.
-    config(agent_common::config::GENERATION) == unsafe { core::ptr::read_volatile(&GENERATION) }
-}
-
-/// Copies a task name between the 8-aligned `comm` fields of owners and keys as two words:
-/// assigned as a byte array (or as a word array) it is moved with a call to a byte-wise
-/// `memmove`. Volatile, so the loads and stores are not merged back into one.
-#[inline(always)]
-pub fn copy_comm(dst: &mut [u8; agent_common::COMM_LEN], src: &[u8; agent_common::COMM_LEN]) {
-    let (d, s) = (dst.as_mut_ptr().cast::<u64>(), src.as_ptr().cast::<u64>());
-    // SAFETY: every `comm` sits at an 8-aligned offset of an 8-aligned struct.
-    unsafe {
-        d.write_volatile(s.read_volatile());
-        d.add(1).write_volatile(s.add(1).read_volatile());
-    }
-}
-
-/// Zeroes `v` in place (a key or an owner) a word at a time: `[0; N]`, `mem::zeroed()` and
-/// runs of zero stores become calls to a byte-wise `memset` on this target. Volatile, so the
-/// stores are not merged back into one; in place, since a moved value may be copied bytewise.
-#[inline(always)]
-pub fn zero<T: Copy>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
-    match core::mem::align_of::<T>() {
-        8.. => fill::<T, u64>(v),
-        4 => fill::<T, u32>(v),
-        2 => fill::<T, u16>(v),
-        _ => fill::<T, u8>(v),
-    }
-    // SAFETY: every byte written; plain data, all zeros is valid.
-    unsafe { v.assume_init_mut() }
-}
-
-#[inline(always)]
-fn fill<T, W: Default>(v: &mut core::mem::MaybeUninit<T>) {
-    const { assert!(core::mem::size_of::<T>().is_multiple_of(core::mem::size_of::<W>())) };
-    let words = v.as_mut_ptr().cast::<W>();
-    for i in 0..core::mem::size_of::<T>() / core::mem::size_of::<W>() {
-        // SAFETY: inside `v`; `W` is no more aligned than `T`.
-        unsafe { words.add(i).write_volatile(W::default()) };
-    }
-}
-
-/// The body of every entry point: the benchmarks' empty variant returns before `body` runs;
-/// `Err` carries the return value of an early exit.
-#[inline(always)]
-pub fn run(body: impl FnOnce() -> Result<u32, u32>) -> u32 {
-    // SAFETY: reading a static the loader may rewrite before load.
-    if unsafe { core::ptr::read_volatile(&EMPTY_PROGRAMS) } != 0 {
-        return 0;
-    }
-    match body() {
-        Ok(v) | Err(v) => v,
-    }
-}
-
-/// `bpf_ktime_get_ns()`: for rare events only, see [`tick_ns`].
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper callable from any tracing program.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-/// `bpf_ktime_get_ns()` to within a jiffy, read at most once a jiffy per CPU: a clock read
-/// costs hundreds of ns on virtual machines whose TSC reads trap (these machines), a jiffies
-/// read nothing. For times that a tick of error does not hurt.
-#[inline(always)]
-pub fn tick_ns() -> u64 {
-    // SAFETY: helpers callable from any tracing program.
-    let jiffies = unsafe { bpf_jiffies64() };
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot; a program interleaving on this CPU at worst stores a time a
-    // tick off.
-    unsafe {
-        if (*s).jiffies != jiffies {
-            (*s).jiffies = jiffies;
-            (*s).ns = now();
-        }
-        (*s).ns
-    }
-}
-
-/// The address `p` holds, as a number. A BTF pointer allows no arithmetic but adding an
-/// offset; stored into a map value and read back (privileged programs may), it is a plain
-/// number to the verifier. A program run from an interrupt between the store and the load
-/// (softirq network processing) would leave its own value: two round trips that disagree
-/// mean that happened, and a third settles it.
-#[inline(always)]
-pub fn address(p: *const u8) -> u64 {
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot. Volatile: every round trip must happen.
-    let round_trip = || unsafe {
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*s).addr), p as u64);
-        core::ptr::read_volatile(core::ptr::addr_of!((*s).addr))
-    };
-    let (a, b) = (round_trip(), round_trip());
-    if a == b { a } else { round_trip() }
-}
-
-#[inline(always)]
-pub fn config(index: u32) -> u32 {
-    CONFIG.get(index).copied().unwrap_or(0)
-}
-
-#[inline(always)]
-pub fn bump(array: &PerCpuArray<u64>, index: u32) {
-    if let Some(slot) = array.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
-    }
-}
-
-#[inline(always)]
-pub fn drop(what: Drop) {
-    bump(&DROPS, what as u32);
-}
-
-/// Applies `update` to this CPU's value of `key`, inserting `init` first time; false when the
-/// map is full.
-#[inline(always)]
-fn add<K, V>(map: &PerCpuHashMap<K, V>, key: &K, init: V, update: impl Fn(&mut V)) -> bool {
-    if let Some(v) = map.get_ptr_mut(key) {
-        // SAFETY: this CPU's value slot.
-        update(unsafe { &mut *v });
-        return true;
-    }
-    match map.insert(key, init, BPF_NOEXIST.into()) {
-        Ok(()) => true,
-        // Another CPU inserted the key between our lookup and insert.
-        Err(-17) => {
-            if let Some(v) = map.get_ptr_mut(key) {
-                // SAFETY: as above.
-                update(unsafe { &mut *v });
-            }
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-#[inline(always)]
-fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
-    if !counting() {
-        return;
-    }
-    if !add(map, key, 1, |v| *v += 1) {
-        drop(Drop::ResetMapFull);
-        bump(&OVERFLOW, overflow_slot);
-    }
-}
-
-/// Counts one connect outcome for `key` at `now`, `resets` (0 or 1) of them caused by a RST in
-/// SYN_SENT; failures that find the map full are still counted, in the overflow slots.
-#[inline(always)]
-fn count_target(key: &TargetKey, now: u64, resets: u64) {
-    let init = Counter {
-        count: 1,
-        last_ns: now,
-        resets,
-    };
-    if key.errno != 0 {
-        watch(key.dport);
-    }
-    if add(&TARGETS, key, init, |c| {
-        c.count += 1;
-        c.last_ns = now;
-        c.resets += resets;
-    }) {
-        return;
-    }
-    drop(Drop::TargetMapFull);
-    if key.errno != 0 {
-        let slot = overflow::FAILURES
-            + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
-            + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
-        bump(&OVERFLOW, slot);
-    }
-    if resets != 0 {
-        bump(&OVERFLOW, overflow::RESETS_RECEIVED + tcp_state::SYN_SENT as u32);
-    }
-}
-
-/// Starts counting successful connects to `port` (see `WATCH`).
-#[inline(always)]
-fn watch(port: u16) {
-    raise(WATCH.get_ptr_mut(u32::from(port)));
-    raise(CONFIG.get_ptr_mut(agent_common::config::WATCHING));
-}
-
-/// Sets a flag in an array map to 1, storing only when it changes: every program on every CPU
-/// reads these cache lines, and a store would pull them away. Racing stores write the same value.
-#[inline(always)]
-fn raise<T: Copy + PartialEq + From<u8>>(flag: Option<*mut T>) {
-    if let Some(f) = flag {
-        // SAFETY: an element of an array map, valid for the program's run.
-        unsafe {
-            if *f == T::from(0) {
-                *f = T::from(1);
-            }
-        }
-    }
-}
-
-/// A connect outcome at `at_ns` (`CLOCK_MONOTONIC`): counted per target (errno 0 is a success
-/// to a watched port), and every failure also streamed for `trace`.
-#[inline(always)]
-pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16, at_ns: u64) {
-    if !counting() {
-        return;
-    }
-    let mut key = core::mem::MaybeUninit::uninit();
-    let key: &mut TargetKey = zero(&mut key);
-    key.cgroup_id = o.cgroup_id;
-    key.daddr = sock::bytes(daddr);
-    copy_comm(&mut key.comm, &o.comm);
-    key.dport = dport;
-    key.errno = errno;
-    key.proto = proto;
-    let resets = u64::from(o.flags & owner_flags::RESET_IN_SYN_SENT != 0);
-    count_target(key, at_ns, resets);
-    if errno != 0 {
-        emit(|| Event {
-            cgroup_id: o.cgroup_id,
-            tgid: o.tgid,
-            kind: agent_common::event_kind::CONNECT_FAILED,
-            proto,
-            code: errno,
-            comm: o.comm,
-            daddr: sock::bytes(daddr),
-            dport,
-            ..Event::default()
-        });
-    }
-}
-
-#[inline(always)]
-pub fn count_reset_received(key: &ResetKey) {
-    add_one(
-        &RESETS_RECEIVED,
-        key,
-        overflow::RESETS_RECEIVED + u32::from(key.state).min(15),
-    );
-}
-
-#[inline(always)]
-pub fn count_reset_sent(key: &ResetSentKey) {
-    add_one(&RESETS_SENT, key, overflow::RESETS_SENT + key.reason.min(63));
-}
-
-#[inline(always)]
-pub fn count_inbound(key: &InboundKey) {
-    add_one(&INBOUND, key, overflow::INBOUND);
-}
-
-#[inline(always)]
-pub fn emit(event: impl FnOnce() -> Event) {
-    // SAFETY: reading a static the loader may rewrite before load.
-    if unsafe { core::ptr::read_volatile(&EMIT_EVENTS) } == 0 {
-        return;
-    }
-    let mut ev = event();
-    ev.ts_ns = now();
-    if EVENTS.output::<Event>(&ev, BPF_RB_NO_WAKEUP.into()).is_err() {
-        drop(Drop::TraceRingFull);
-    }
-}
+pub static GENERATION: u32 = 0;

@@ -13,7 +13,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{self, OWNERS},
+    count,
+    maps::OWNERS,
+    runtime,
     sock::{self, Btf, Mem},
 };
 
@@ -51,7 +53,7 @@ const SLOT_MAX_AGE_NS: u64 = 6 * 3600 * 1_000_000_000;
 #[inline(always)]
 fn slot(sk: *const u8) -> Option<&'static mut Slot> {
     // Fibonacci hashing: sockets are slab objects a fixed stride apart.
-    let i = (maps::address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
+    let i = (runtime::address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
     // SAFETY: a slot of an array map; concurrent writers are sockets of the same slot at the
     // same instant, which at worst lose one owner (counted without its process).
     SLOTS.get_ptr_mut(i).map(|s| unsafe { &mut *s })
@@ -104,14 +106,14 @@ fn fill_current(o: &mut Owner, start_ns: u64) {
 /// The current task as the owner, built in `o`.
 #[inline(always)]
 pub fn current(o: &mut MaybeUninit<Owner>) -> &mut Owner {
-    let o = maps::zero(o);
-    fill_current(o, maps::tick_ns());
+    let o = runtime::zero(o);
+    fill_current(o, runtime::tick_ns());
     o
 }
 
 #[inline(always)]
 pub fn record(sk: *const u8) {
-    let now = maps::tick_ns();
+    let now = runtime::tick_ns();
     if let Some(s) = slot(sk)
         && (s.sk == 0 || s.sk == sk as u64 || now.wrapping_sub(s.owner.start_ns) > SLOT_MAX_AGE_NS)
     {
@@ -122,14 +124,14 @@ pub fn record(sk: *const u8) {
     let mut o = MaybeUninit::uninit();
     let owner: &Owner = current(&mut o);
     if OWNERS.insert(sk as u64, owner, 0).is_err() {
-        maps::drop(Drop::OwnerMapFull);
+        count::drop(Drop::OwnerMapFull);
     }
 }
 
 /// Records the owner at → SYN_SENT unless a dedicated connect hook (fentry/kprobe) does.
 #[inline(always)]
 pub fn record_from_state(sk: *const u8) {
-    if maps::config(config::OWNER_FROM_CONNECT) == 0 {
+    if runtime::config(config::OWNER_FROM_CONNECT) == 0 {
         record(sk);
     }
 }
@@ -160,7 +162,7 @@ pub fn get_mut(sk: *const u8) -> Option<&'static mut Owner> {
 pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
     // Forgetting is not idempotent: an idle copy running first would hide the owner from the
     // counting one.
-    let forget = maps::counting();
+    let forget = runtime::counting();
     if let Some(s) = slot(sk)
         && s.sk == sk as u64
     {
@@ -200,7 +202,7 @@ pub fn of_socket<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUni
             return unsafe { scratch.assume_init_ref() };
         }
     }
-    let o = maps::zero(scratch);
+    let o = runtime::zero(scratch);
     o.cgroup_id = cgroup_id;
     o
 }

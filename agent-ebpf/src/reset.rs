@@ -12,24 +12,24 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps, owner,
+    count, owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_send_reset::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
+    runtime::run(|| on_send_reset::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 /// Before 6.10 the tracepoint is `tcp_send_reset(sk, skb)`: no reason, and never without a socket.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn send_reset_btf_pre610(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_send_reset::<Btf>(ctx.arg(0), ctx.arg(1), RST_REASON_NOT_SPECIFIED))
+    runtime::run(|| on_send_reset::<Btf>(ctx.arg(0), ctx.arg(1), RST_REASON_NOT_SPECIFIED))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
-    maps::run(|| {
+    runtime::run(|| {
         // SAFETY: offset from this kernel's format file for this event.
         let reason = unsafe { ctx.read_at::<u32>(sock::off!(tp.send_reset_reason) as usize) }.map_err(|_| 0u32)?;
         try_send_reset_tp(&ctx, reason)
@@ -39,7 +39,7 @@ pub fn send_reset_tp(ctx: TracePointContext) -> u32 {
 /// Before 6.10 the record has no `reason` field (and no reset without a socket).
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn send_reset_tp_pre610(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_send_reset_tp(&ctx, RST_REASON_NOT_SPECIFIED))
+    runtime::run(|| try_send_reset_tp(&ctx, RST_REASON_NOT_SPECIFIED))
 }
 
 #[inline(always)]
@@ -69,12 +69,12 @@ fn on_send_reset<M: Mem>(sk: *const u8, skb: *const u8, reason: u32) -> Result<u
         &owner::NOBODY
     };
     let mut key = core::mem::MaybeUninit::uninit();
-    let key: &mut ResetSentKey = maps::zero(&mut key);
+    let key: &mut ResetSentKey = runtime::zero(&mut key);
     key.cgroup_id = o.cgroup_id;
-    maps::copy_comm(&mut key.comm, &o.comm);
+    runtime::copy_comm(&mut key.comm, &o.comm);
     key.reason = reason;
-    maps::count_reset_sent(key);
-    maps::emit(|| Event {
+    count::count_reset_sent(key);
+    count::emit(|| Event {
         cgroup_id: o.cgroup_id,
         tgid: o.tgid,
         kind: event_kind::RESET_SENT,
@@ -101,11 +101,11 @@ fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
     }
     let (laddr, lport) = p.dst()?;
     let mut key = core::mem::MaybeUninit::uninit();
-    let key: &mut InboundKey = maps::zero(&mut key);
+    let key: &mut InboundKey = runtime::zero(&mut key);
     key.laddr = sock::bytes(laddr);
     key.lport = lport;
-    maps::count_inbound(key);
-    maps::emit(|| {
+    count::count_inbound(key);
+    count::emit(|| {
         let (saddr, sport) = p.src().unwrap_or_default();
         Event {
             kind: event_kind::INBOUND_REFUSED,
@@ -122,12 +122,12 @@ fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_kfree_skb::<Btf>(ctx.arg(0), ctx.arg(2)))
+    runtime::run(|| on_kfree_skb::<Btf>(ctx.arg(0), ctx.arg(2)))
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_kfree_skb_tp(&ctx))
+    runtime::run(|| try_kfree_skb_tp(&ctx))
 }
 
 fn try_kfree_skb_tp(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -154,12 +154,12 @@ fn on_kfree_skb<M: Mem>(skb: *const u8, reason: u32) -> Result<u32, u32> {
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_receive_reset::<Btf>(ctx.arg(0)))
+    runtime::run(|| on_receive_reset::<Btf>(ctx.arg(0)))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
 pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
-    maps::run(|| {
+    runtime::run(|| {
         // SAFETY: offset from this kernel's format file for this event.
         let sk = unsafe { ctx.read_at::<u64>(sock::off!(tp.receive_reset_skaddr) as usize) }.map_err(|_| 0u32)?;
         on_receive_reset::<Probe>(sk as *const u8)
@@ -175,7 +175,7 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
         && let Some(o) = owner::get_mut(sk)
     {
         o.flags |= owner_flags::RESET_IN_SYN_SENT;
-        maps::emit(|| {
+        count::emit(|| {
             let (daddr, dport) = sock::peer::<M>(sk).unwrap_or_default();
             received_event(o, daddr, dport, state)
         });
@@ -186,14 +186,14 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     let o = owner::of_socket::<M>(sk, false, &mut scratch);
     let (daddr, dport) = sock::peer::<M>(sk)?;
     let mut key = core::mem::MaybeUninit::uninit();
-    let key: &mut ResetKey = maps::zero(&mut key);
+    let key: &mut ResetKey = runtime::zero(&mut key);
     key.cgroup_id = o.cgroup_id;
     key.daddr = sock::bytes(daddr);
-    maps::copy_comm(&mut key.comm, &o.comm);
+    runtime::copy_comm(&mut key.comm, &o.comm);
     key.dport = dport;
     key.state = state;
-    maps::count_reset_received(key);
-    maps::emit(|| received_event(o, daddr, dport, state));
+    count::count_reset_received(key);
+    count::emit(|| received_event(o, daddr, dport, state));
     Ok(0)
 }
 

@@ -6,8 +6,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+use crate::runtime;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: Offsets = Offsets {
@@ -181,11 +183,11 @@ pub fn tcp_time<M: Mem>(sk: *const u8) -> u64 {
     let off = off!(tcp_clock_cache);
     let tp = M::tcp_sock(sk);
     if off == 0 || tp.is_null() {
-        return crate::maps::now();
+        return runtime::now();
     }
     match M::get::<u64>(tp, off) {
         Ok(ns) if ns != 0 => ns,
-        _ => crate::maps::now(),
+        _ => runtime::now(),
     }
 }
 

@@ -10,18 +10,18 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps, owner,
+    count, owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state_btf(ctx: BtfTracePointContext) -> u32 {
-    maps::run(|| on_state::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
+    runtime::run(|| on_state::<Btf>(ctx.arg(0), ctx.arg(1), ctx.arg(2)))
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn sock_state_tp(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_sock_state_tp(&ctx))
+    runtime::run(|| try_sock_state_tp(&ctx))
 }
 
 fn try_sock_state_tp(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -44,7 +44,7 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     }
     if old == tcp_state::SYN_SENT && new == tcp_state::ESTABLISHED {
         // The owner stays recorded: resets on this connection are attributed through it.
-        if maps::config(config::WATCHING) != 0 {
+        if runtime::config(config::WATCHING) != 0 {
             count_success::<M>(sk)?;
         }
         return Ok(0);
@@ -66,11 +66,11 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
 #[inline(always)]
 fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    if !maps::watched(dport) {
+    if !count::watched(dport) {
         return Ok(0);
     }
     let o = owner::get(sk).unwrap_or(&owner::NOBODY);
-    maps::connect_outcome(o, proto::TCP, daddr, dport, 0, sock::tcp_time::<M>(sk));
+    count::connect_outcome(o, proto::TCP, daddr, dport, 0, sock::tcp_time::<M>(sk));
     Ok(0)
 }
 
@@ -82,6 +82,6 @@ fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
         return Ok(0);
     }
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    maps::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
+    count::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
     Ok(0)
 }

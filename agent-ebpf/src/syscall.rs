@@ -9,10 +9,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{maps, owner, sock};
+use crate::{count, owner, runtime, sock};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 /// Errors connect(2) returns only synchronously; asynchronous ones (ECONNREFUSED, ETIMEDOUT,
 /// EHOSTUNREACH…) are counted at the state change and must not be counted twice.
 const SYNC_ERRORS: [i64; 4] = [
@@ -38,7 +36,7 @@ static CONNECTING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_connect_enter(&ctx))
+    runtime::run(|| try_connect_enter(&ctx))
 }
 
 /// Costs three loads and a store per connect(2); the sockaddr is read only on failure.
@@ -62,7 +60,7 @@ fn user<T>(addr: *const u8, offset: usize) -> Result<T, u32> {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    maps::run(|| try_connect_exit(&ctx))
+    runtime::run(|| try_connect_exit(&ctx))
 }
 
 fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
@@ -77,8 +75,8 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let addr = p.addr as *const u8;
     let dport = u16::from_be(user(addr, 2)?);
     let daddr = match user::<u16>(addr, 0)? {
-        AF_INET => sock::mapped(user(addr, 4)?),
-        AF_INET6 => user::<sock::Addr>(addr, 8)?,
+        sock::AF_INET => sock::mapped(user(addr, 4)?),
+        sock::AF_INET6 => user::<sock::Addr>(addr, 8)?,
         _ => return Ok(0),
     };
     let proto = match socket_protocol(p.fd)? {
@@ -87,7 +85,14 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         _ => return Ok(0),
     };
     let mut o = core::mem::MaybeUninit::uninit();
-    maps::connect_outcome(owner::current(&mut o), proto, daddr, dport, (-ret) as u16, maps::now());
+    count::connect_outcome(
+        owner::current(&mut o),
+        proto,
+        daddr,
+        dport,
+        (-ret) as u16,
+        runtime::now(),
+    );
     Ok(0)
 }
 

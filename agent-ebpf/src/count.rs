@@ -1,0 +1,184 @@
+//! What the programs count: connect outcomes per target, resets, inbound refusals, the
+//! overflow and drop counters, the watched ports, and `trace` events.
+use agent_common::{
+    Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, owner_flags, proto, tcp_state,
+};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    maps::{PerCpuArray, PerCpuHashMap},
+};
+
+use crate::{
+    maps::{CONFIG, DROPS, EMIT_EVENTS, EVENTS, INBOUND, OVERFLOW, RESETS_RECEIVED, RESETS_SENT, TARGETS, WATCH},
+    runtime::{copy_comm, counting, now, zero},
+    sock::{self, Addr},
+};
+
+#[inline(always)]
+fn bump(array: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = array.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn drop(what: Drop) {
+    bump(&DROPS, what as u32);
+}
+
+/// Applies `update` to this CPU's value of `key`, inserting `init` first time; false when the
+/// map is full.
+#[inline(always)]
+fn add<K, V>(map: &PerCpuHashMap<K, V>, key: &K, init: V, update: impl Fn(&mut V)) -> bool {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value slot.
+        update(unsafe { &mut *v });
+        return true;
+    }
+    match map.insert(key, init, BPF_NOEXIST.into()) {
+        Ok(()) => true,
+        // Another CPU inserted the key between our lookup and insert.
+        Err(-17) => {
+            if let Some(v) = map.get_ptr_mut(key) {
+                // SAFETY: as above.
+                update(unsafe { &mut *v });
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
+    if !counting() {
+        return;
+    }
+    if !add(map, key, 1, |v| *v += 1) {
+        drop(Drop::ResetMapFull);
+        bump(&OVERFLOW, overflow_slot);
+    }
+}
+
+/// Counts one connect outcome for `key` at `now`, `resets` (0 or 1) of them caused by a RST in
+/// SYN_SENT; failures that find the map full are still counted, in the overflow slots.
+#[inline(always)]
+fn count_target(key: &TargetKey, now: u64, resets: u64) {
+    let init = Counter {
+        count: 1,
+        last_ns: now,
+        resets,
+    };
+    if key.errno != 0 {
+        watch(key.dport);
+    }
+    if add(&TARGETS, key, init, |c| {
+        c.count += 1;
+        c.last_ns = now;
+        c.resets += resets;
+    }) {
+        return;
+    }
+    drop(Drop::TargetMapFull);
+    if key.errno != 0 {
+        let slot = overflow::FAILURES
+            + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
+            + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
+        bump(&OVERFLOW, slot);
+    }
+    if resets != 0 {
+        bump(&OVERFLOW, overflow::RESETS_RECEIVED + tcp_state::SYN_SENT as u32);
+    }
+}
+
+/// Whether successful connects to `port` are counted.
+#[inline(always)]
+pub fn watched(port: u16) -> bool {
+    WATCH.get(u32::from(port)).is_some_and(|w| *w != 0)
+}
+
+/// Starts counting successful connects to `port` (see `WATCH`).
+#[inline(always)]
+fn watch(port: u16) {
+    raise(WATCH.get_ptr_mut(u32::from(port)));
+    raise(CONFIG.get_ptr_mut(agent_common::config::WATCHING));
+}
+
+/// Sets a flag in an array map to 1, storing only when it changes: every program on every CPU
+/// reads these cache lines, and a store would pull them away. Racing stores write the same value.
+#[inline(always)]
+fn raise<T: Copy + PartialEq + From<u8>>(flag: Option<*mut T>) {
+    if let Some(f) = flag {
+        // SAFETY: an element of an array map, valid for the program's run.
+        unsafe {
+            if *f == T::from(0) {
+                *f = T::from(1);
+            }
+        }
+    }
+}
+
+/// A connect outcome at `at_ns` (`CLOCK_MONOTONIC`): counted per target (errno 0 is a success
+/// to a watched port), and every failure also streamed for `trace`.
+#[inline(always)]
+pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16, at_ns: u64) {
+    if !counting() {
+        return;
+    }
+    let mut key = core::mem::MaybeUninit::uninit();
+    let key: &mut TargetKey = zero(&mut key);
+    key.cgroup_id = o.cgroup_id;
+    key.daddr = sock::bytes(daddr);
+    copy_comm(&mut key.comm, &o.comm);
+    key.dport = dport;
+    key.errno = errno;
+    key.proto = proto;
+    let resets = u64::from(o.flags & owner_flags::RESET_IN_SYN_SENT != 0);
+    count_target(key, at_ns, resets);
+    if errno != 0 {
+        emit(|| Event {
+            cgroup_id: o.cgroup_id,
+            tgid: o.tgid,
+            kind: agent_common::event_kind::CONNECT_FAILED,
+            proto,
+            code: errno,
+            comm: o.comm,
+            daddr: sock::bytes(daddr),
+            dport,
+            ..Event::default()
+        });
+    }
+}
+
+#[inline(always)]
+pub fn count_reset_received(key: &ResetKey) {
+    add_one(
+        &RESETS_RECEIVED,
+        key,
+        overflow::RESETS_RECEIVED + u32::from(key.state).min(15),
+    );
+}
+
+#[inline(always)]
+pub fn count_reset_sent(key: &ResetSentKey) {
+    add_one(&RESETS_SENT, key, overflow::RESETS_SENT + key.reason.min(63));
+}
+
+#[inline(always)]
+pub fn count_inbound(key: &InboundKey) {
+    add_one(&INBOUND, key, overflow::INBOUND);
+}
+
+#[inline(always)]
+pub fn emit(event: impl FnOnce() -> Event) {
+    // SAFETY: reading a static the loader may rewrite before load.
+    if unsafe { core::ptr::read_volatile(&EMIT_EVENTS) } == 0 {
+        return;
+    }
+    let mut ev = event();
+    ev.ts_ns = now();
+    if EVENTS.output::<Event>(&ev, BPF_RB_NO_WAKEUP.into()).is_err() {
+        drop(Drop::TraceRingFull);
+    }
+}
