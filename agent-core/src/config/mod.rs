@@ -215,7 +215,7 @@ pub enum AttachMode {
     Auto,
     Fentry,
     Kprobe,
-    /// Spelled as in DESIGN.md and the config file, not clap's default `tp-btf`.
+    /// Spelled as in the README and the config file, not clap's default `tp-btf`.
     #[cfg_attr(feature = "cli", value(name = "tp_btf"))]
     TpBtf,
     Tracepoint,

@@ -341,4 +341,85 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         );
         assert_eq!(cap.overflow().last(), Some(("refusal_target_state", 2)));
     }
+
+    /// Every family a full scrape writes is in the table, with its type and exactly its labels.
+    #[test]
+    fn a_scrape_writes_the_families_of_the_table() {
+        let mut a = Analysis::new(Thresholds::default());
+        let refused = |n, t| seen("10.0.0.7", Some("ECONNREFUSED"), n, t);
+        a.update(&snap_of(vec![refused(2, 10)]), Duration::from_secs(10));
+        a.update(
+            &snap_of(vec![refused(3, 11), seen("10.0.0.7", None, 1, 12)]),
+            Duration::from_secs(12),
+        );
+        a.update(&snap_of(vec![refused(4, 13)]), Duration::from_secs(13));
+        let snap = Snapshot {
+            outcomes: vec![refused(4, 13)],
+            resets_received: vec![ResetReceived {
+                workload: "/".into(),
+                comm: "app".into(),
+                dst_addr: "::1".parse().unwrap(),
+                dst_port: 80,
+                state: "established",
+                count: 1,
+            }],
+            resets_sent: vec![ResetSent {
+                workload: "/".into(),
+                comm: "app".into(),
+                reason: "not_specified".into(),
+                count: 1,
+            }],
+            inbound: vec![Inbound {
+                local_addr: "10.0.0.1".parse().unwrap(),
+                local_port: 7000,
+                count: 1,
+            }],
+            drops: vec![("owner_map_full", 0)],
+            bpf_stats: vec![("sock_state_btf".into(), 1_000, 2)],
+            ..Default::default()
+        };
+        a.update(&snap, Duration::from_secs(14));
+        a.listed(Some(vec![]), Duration::from_secs(14));
+        let mut out = Text::default();
+        scrape(&snap, &a, &mut SeriesCap::new(100), &info(), 0, &mut out);
+        let text = out.finish();
+        let mut written = BTreeSet::new();
+        for line in text.lines() {
+            if let Some(typed) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = typed.split_once(' ').unwrap();
+                let family = families::ALL.iter().find(|f| f.name == name).expect(name);
+                assert_eq!(kind, family.kind.name(), "{name}");
+                written.insert(name);
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let family = (families::ALL.iter())
+                .find(|f| {
+                    [
+                        name,
+                        name.trim_end_matches("_bucket"),
+                        name.trim_end_matches("_sum"),
+                        name.trim_end_matches("_count"),
+                    ]
+                    .contains(&f.name)
+                })
+                .expect(name);
+            let mut names: Vec<&str> = labels
+                .trim_end_matches('}')
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split('=').next().unwrap())
+                .collect();
+            if name.ends_with("_bucket") {
+                assert_eq!(names.pop(), Some("le"), "{line}");
+            }
+            assert_eq!(names, family.labels, "{line}");
+        }
+        let all: BTreeSet<&str> = families::ALL.iter().map(|f| f.name).collect();
+        assert_eq!(written, all, "families never written");
+    }
 }
