@@ -77,14 +77,18 @@ pub enum Drop {
     ResetMapFull = 2,
     /// The ring buffer feeding `trace` was full: the event is lost (its count is not).
     TraceRingFull = 3,
+    /// The listener ring was full: a listener's start, stop or an OOM kill is lost from the
+    /// history (user space then stops claiming `never_listened`).
+    ListenRingFull = 4,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 4] = [
+    pub const ALL: [Drop; 5] = [
         Drop::OwnerMapFull,
         Drop::TargetMapFull,
         Drop::ResetMapFull,
         Drop::TraceRingFull,
+        Drop::ListenRingFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -94,6 +98,7 @@ impl Drop {
             Drop::TargetMapFull => "target_map_full",
             Drop::ResetMapFull => "reset_map_full",
             Drop::TraceRingFull => "trace_ring_full",
+            Drop::ListenRingFull => "listen_ring_full",
         }
     }
 }
@@ -146,14 +151,72 @@ pub struct ResetSentKey {
     pub _pad: u32,
 }
 
-/// Inbound connection attempts this host refused (RST for NO_SOCKET), by local address/port.
+/// Inbound connection attempts this host refused (RST for NO_SOCKET), by the network namespace
+/// that refused (its inode number, as `/proc/<pid>/ns/net` shows it) and local address/port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InboundKey {
     pub laddr: [u8; 16],
+    pub netns: u32,
     pub lport: u16,
+    pub _pad: u16,
+}
+
+/// A TCP socket started or stopped listening, or the OOM killer chose a victim: the listener
+/// history's raw material, from the `LISTEN_EVENTS` ring (rare events, drained on a timer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenEvent {
+    pub ts_ns: u64,
+    /// The task's cgroup: the listener's owner at a start, the closing task at a stop.
+    pub cgroup_id: u64,
+    /// At a stop: when the closing process last received a RST on a connection, 0 if never
+    /// (see [`ResetSeen`]).
+    pub reset_ns: u64,
+    /// The bound address (IPv4-mapped for IPv4); zero for an OOM kill.
+    pub addr: [u8; 16],
+    /// At a stop: the peer of that RST.
+    pub reset_addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// The task (thread group id) that listened, closed, or was chosen by the OOM killer.
+    pub tgid: u32,
+    pub pid: u32,
+    /// At a stop while the task exits: its wait status (signal in the low 7 bits, else the
+    /// exit code in bits 8–15).
+    pub exit_status: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub reset_port: u16,
+    /// [`listen_event`].
+    pub kind: u8,
+    /// At a stop: the closing task was exiting (`PF_EXITING`).
+    pub exiting: u8,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+pub mod listen_event {
+    pub const STARTED: u8 = 1;
+    pub const STOPPED: u8 = 2;
+    pub const OOM_VICTIM: u8 = 3;
+}
+
+/// The last RST a process received on one of its connections, by `tgid` (or, for a connection
+/// it accepted, whose task is unknown, `cgroup_id | 1 << 63`): a listener that dies just after
+/// one was likely killed by an unhandled ECONNRESET.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetSeen {
+    pub ts_ns: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
     pub _pad: [u8; 6],
 }
+
+/// Key of a [`ResetSeen`] known only by cgroup.
+pub const RESET_BY_CGROUP: u64 = 1 << 63;
 
 /// One event for `refusal-agent trace` (the daemon never emits them: `EMIT_EVENTS` is false).
 #[repr(C)]
@@ -226,6 +289,23 @@ pub struct Offsets {
     pub fdtable_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// `sock_common.skc_net.net → net.ns.inum`: a socket's network namespace; `sk_buff.dev →
+    /// net_device.nd_net.net`: a packet's.
+    pub skc_net: u32,
+    pub net_ns_inum: u32,
+    pub skb_dev: u32,
+    pub net_device_nd_net: u32,
+    /// A listener's bound address and port (`skc_num`, host order).
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_num: u32,
+    /// `task_struct.flags` (`PF_EXITING`), `.exit_code`, `.pid`, `.signal →
+    /// signal_struct.group_exit_code`: how a listener's closing task is ending.
+    pub task_flags: u32,
+    pub task_exit_code: u32,
+    pub task_pid: u32,
+    pub task_signal: u32,
+    pub signal_group_exit_code: u32,
     /// `sk_rst_reason` NO_SOCKET and `skb_drop_reason` NO_SOCKET on this kernel.
     pub rst_no_socket: u32,
     pub drop_no_socket: u32,
@@ -254,6 +334,7 @@ pub struct TracepointOffsets {
     pub connect_fd: u32,
     pub connect_uservaddr: u32,
     pub exit_connect_ret: u32,
+    pub mark_victim_pid: u32,
 }
 
 /// Slots of the `CONFIG` array map.
@@ -284,6 +365,8 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH: &str = "WATCH";
     pub const OFFSETS: &str = "OFFSETS";
+    pub const LISTEN_EVENTS: &str = "LISTEN_EVENTS";
+    pub const LAST_RESET: &str = "LAST_RESET";
 }
 
 #[cfg(feature = "user")]
@@ -297,6 +380,8 @@ mod pod {
     unsafe impl aya::Pod for super::ResetSentKey {}
     unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::ListenEvent {}
+    unsafe impl aya::Pod for super::ResetSeen {}
 }
 
 #[cfg(test)]
@@ -311,7 +396,9 @@ mod tests {
         assert_eq!(size_of::<TargetKey>(), 8 + 16 + COMM_LEN + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<ResetKey>(), 8 + 16 + COMM_LEN + 2 + 1 + 5);
         assert_eq!(size_of::<ResetSentKey>(), 8 + COMM_LEN + 4 + 4);
-        assert_eq!(size_of::<InboundKey>(), 16 + 2 + 6);
+        assert_eq!(size_of::<InboundKey>(), 16 + 4 + 2 + 2);
+        assert_eq!(size_of::<ListenEvent>(), 8 * 3 + 16 * 3 + 4 * 4 + 2 * 2 + 4);
+        assert_eq!(size_of::<ResetSeen>(), 8 + 16 + 2 + 6);
         assert_eq!(
             size_of::<Event>(),
             8 + 8 + 4 + 1 + 1 + 2 + COMM_LEN + 16 + 16 + 2 + 2 + 4

@@ -4,7 +4,9 @@
 //! Module graph, a DAG: each module uses only the ones after its arrow.
 //! ```text
 //! connect                             → owner, runtime
-//! error_report, reset, state, syscall → owner, count, sock, runtime
+//! reset, state                        → listen, owner, count, sock, runtime
+//! error_report, syscall               → owner, count, sock, runtime
+//! listen   (listener history)         → owner, count, sock, runtime, maps
 //! owner    (who a socket belongs to)  → count, sock, runtime, maps
 //! count    (what is counted)          → sock, runtime, maps
 //! sock     (kernel struct reads)      → runtime
@@ -17,6 +19,7 @@
 mod connect;
 mod count;
 mod error_report;
+mod listen;
 mod maps;
 mod owner;
 mod reset;

@@ -1,7 +1,7 @@
 //! The maps user space reads or writes and the globals its loader sets: declarations only, so
 //! every name it finds them by is here. Kernel-only working space stays private to the one
 //! module that uses it (`SCRATCH` in runtime, `OWNER_SLOTS` in owner, `CONNECTING` in
-//! syscall), with the type it holds.
+//! syscall, `LAST_RESET` in listen), with the type it holds.
 use agent_common::{Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow};
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -53,6 +53,12 @@ pub static CONFIG: Array<u32> = Array::with_max_entries(agent_common::config::CO
 /// Individual events for `refusal-agent trace`, without wakeups (it polls).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Listeners started and stopped, and OOM victims (`agent_common::ListenEvent`): rare events,
+/// which the daemon's tick drains without being woken. 2,700 fit, more than a crash loop makes
+/// between two ticks; a full ring is counted (`Drop::ListenRingFull`).
+#[map(name = "LISTEN_EVENTS")]
+pub static LISTEN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 // The globals below are rewritten by the loader before load: read them with `read_volatile`,
 // or the compiler folds in the zeros written here.

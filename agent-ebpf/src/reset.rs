@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    count, owner, runtime,
+    count, listen, owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
@@ -103,6 +103,7 @@ fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
     let mut key = core::mem::MaybeUninit::uninit();
     let key: &mut InboundKey = runtime::zero(&mut key);
     key.laddr = sock::bytes(laddr);
+    key.netns = sock::skb_netns::<M>(skb);
     key.lport = lport;
     count::count_inbound(key);
     count::emit(|| {
@@ -193,6 +194,7 @@ fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     key.dport = dport;
     key.state = state;
     count::count_reset_received(key);
+    listen::reset_received(o, daddr, dport);
     count::emit(|| received_event(o, daddr, dport, state));
     Ok(0)
 }

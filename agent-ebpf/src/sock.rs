@@ -38,6 +38,18 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     fdtable_max_fds: 0,
     file_private_data: 0,
     socket_sk: 0,
+    skc_net: 0,
+    net_ns_inum: 0,
+    skb_dev: 0,
+    net_device_nd_net: 0,
+    skc_rcv_saddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_num: 0,
+    task_flags: 0,
+    task_exit_code: 0,
+    task_pid: 0,
+    task_signal: 0,
+    signal_group_exit_code: 0,
     rst_no_socket: 0,
     drop_no_socket: 0,
     tp: agent_common::TracepointOffsets {
@@ -59,6 +71,7 @@ pub(crate) static OFFSETS: Offsets = Offsets {
         connect_fd: 0,
         connect_uservaddr: 0,
         exit_connect_ret: 0,
+        mark_victim_pid: 0,
     },
 };
 
@@ -173,6 +186,46 @@ pub fn peer<M: Mem>(sk: *const u8) -> Result<(Addr, u16), u32> {
         _ => return Err(0),
     };
     Ok((daddr, dport))
+}
+
+/// The address and port a socket is bound to (a listener's), port in host order, with its family.
+#[inline(always)]
+pub fn local<M: Mem>(sk: *const u8) -> Result<(u16, Addr, u16), u32> {
+    let family: u16 = M::get(sk, off!(skc_family))?;
+    let port: u16 = M::get(sk, off!(skc_num))?;
+    let addr = match family {
+        AF_INET => mapped(M::get(sk, off!(skc_rcv_saddr))?),
+        AF_INET6 => M::get(sk, off!(skc_v6_rcv_saddr))?,
+        _ => return Err(0),
+    };
+    Ok((family, addr, port))
+}
+
+/// The inode number of the network namespace of `net` (a `struct net`), 0 if unknown.
+#[inline(always)]
+fn net_inum<M: Mem>(net: Result<*const u8, u32>) -> u32 {
+    match net {
+        Ok(net) if !net.is_null() && off!(net_ns_inum) != 0 => M::get(net, off!(net_ns_inum)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A socket's network namespace (its inode number), 0 if unknown.
+#[inline(always)]
+pub fn netns<M: Mem>(sk: *const u8) -> u32 {
+    net_inum::<M>(M::get(sk, off!(skc_net)))
+}
+
+/// The network namespace of the device a packet arrived on, 0 if unknown.
+#[inline(always)]
+pub fn skb_netns<M: Mem>(skb: *const u8) -> u32 {
+    if off!(skb_dev) == 0 {
+        return 0;
+    }
+    match M::get::<*const u8>(skb, off!(skb_dev)) {
+        Ok(dev) if !dev.is_null() => net_inum::<M>(M::get(dev, off!(net_device_nd_net))),
+        _ => 0,
+    }
 }
 
 /// When a TCP socket's last segment was handled (`CLOCK_MONOTONIC`, as `bpf_ktime_get_ns`):

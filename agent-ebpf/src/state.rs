@@ -2,7 +2,7 @@
 //! Owner capture at → SYN_SENT (it runs inside `tcp_v{4,6}_connect`, in the connecting task);
 //! the failure count at SYN_SENT → CLOSE with `sk_err` set, which also covers clients that
 //! closed the socket before the RST arrived (no error report then); successes only to ports
-//! user space watches.
+//! user space watches; listeners starting and stopping (`listen.rs`).
 use agent_common::{Owner, config, proto, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    count, owner, runtime,
+    count, listen, owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
@@ -50,7 +50,16 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
         return Ok(0);
     }
     if new != tcp_state::CLOSE {
-        return Ok(0);
+        // Listeners start rarely: one compare on every other change.
+        return if new == tcp_state::LISTEN {
+            listen::started::<M>(sk)
+        } else {
+            Ok(0)
+        };
+    }
+    // A listener never had an owner entry: no lookup.
+    if old == tcp_state::LISTEN {
+        return listen::stopped::<M>(sk);
     }
     // Forgotten whatever the count met: a slot left taken would send its next sockets to
     // `OWNERS` for hours.

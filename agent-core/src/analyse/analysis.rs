@@ -1,8 +1,9 @@
 //! Turns collected snapshots into verdicts and diagnoses: feeds count deltas to the episode
-//! engine, keeps the episode counters and the cold-start histograms, diagnoses inbound
-//! refusals against the listeners it is handed, and says which ports the kernel should watch
-//! for successes. The daemon drives it on its tick; no I/O here: what it needs from the host
-//! (the listeners) it asks for ([`Analysis::listing_due`]) and is given ([`Analysis::listed`]).
+//! engine, keeps the episode counters and the cold-start histograms, keeps the listener history
+//! and diagnoses refusals from it in the network namespace that refused, and says which ports
+//! the kernel should watch for successes. The daemon drives it on its tick; no I/O here: what
+//! it needs from the host (a fresh listing of its listeners) it asks for
+//! ([`Analysis::listing_due`]) and is given ([`Analysis::listed`]).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -13,11 +14,12 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::{
     analyse::{
-        diagnosis::{self, Diagnosis},
+        diagnosis::Diagnosis,
         histogram::Histogram,
-        verdict::{Engine, Outcome, State, Target},
+        listeners::{Book, Finding},
+        verdict::{Engine, Outcome, State, Target, format_duration},
     },
-    collect::{labels::Label, snapshot::Snapshot},
+    collect::{labels::Label, listening::Seed, snapshot::Snapshot},
     config::Thresholds,
 };
 
@@ -60,17 +62,20 @@ pub struct Analysis {
     errnos: HashMap<TargetId, Vec<(Label, u64)>>,
     episodes: BTreeMap<(TargetId, &'static str), u64>,
     cold_starts: BTreeMap<(Label, u16), Histogram>,
-    inbound_seen: HashMap<(IpAddr, u16), u64>,
-    inbound_last: HashMap<(IpAddr, u16), Duration>,
-    /// The host's TCP listeners as last listed; `None` until a listing succeeds and after one
-    /// fails: then nothing is diagnosed, rather than everything `not_listening`.
-    listeners: Option<Vec<SocketAddr>>,
-    listeners_at: Option<Duration>,
+    /// Inbound refusals by the namespace that refused and the local address and port.
+    inbound_seen: HashMap<Local, u64>,
+    inbound_last: HashMap<Local, Duration>,
+    listeners: Book,
+    listed_at: Option<Duration>,
     now: Duration,
 }
 
+/// A local address and port in a network namespace.
+type Local = (u32, IpAddr, u16);
+
 impl Analysis {
-    pub fn new(thresholds: Thresholds) -> Self {
+    /// `started` is the agent's start (monotonic), `seed` the listeners that existed then.
+    pub fn new(thresholds: Thresholds, seed: Seed, started: Duration) -> Self {
         Self {
             engine: Engine::new(thresholds),
             seen: HashMap::new(),
@@ -79,9 +84,9 @@ impl Analysis {
             cold_starts: BTreeMap::new(),
             inbound_seen: HashMap::new(),
             inbound_last: HashMap::new(),
-            listeners: None,
-            listeners_at: None,
-            now: Duration::ZERO,
+            listeners: Book::new(started, seed),
+            listed_at: None,
+            now: started,
         }
     }
 
@@ -89,6 +94,7 @@ impl Analysis {
     /// kernel's timestamps. Returns the ports the kernel should watch for successes.
     pub fn update(&mut self, snap: &Snapshot, now: Duration) -> BTreeSet<u16> {
         self.now = now;
+        self.listeners.apply(&snap.listeners, snap.listeners_dropped);
         let mut deltas: Vec<(u64, TargetId, Option<Label>, u64)> = Vec::new();
         for o in snap.outcomes.iter().filter(|o| o.proto == "tcp") {
             let counter = CounterId {
@@ -127,6 +133,7 @@ impl Analysis {
             }
         }
         self.engine.tick(now);
+        self.listeners.forget(now, self.engine.thresholds().forget_after);
         self.update_inbound(snap, now);
         self.engine.watched().map(|id| id.dst_port).collect()
     }
@@ -146,7 +153,7 @@ impl Analysis {
 
     fn update_inbound(&mut self, snap: &Snapshot, now: Duration) {
         for i in &snap.inbound {
-            let key = (i.local_addr, i.local_port);
+            let key = (i.netns, i.local_addr, i.local_port);
             let seen = self.inbound_seen.entry(key).or_default();
             if i.count > *seen {
                 *seen = i.count;
@@ -157,19 +164,21 @@ impl Analysis {
             .retain(|_, at| now.saturating_sub(*at) < INBOUND_RECENT);
     }
 
-    /// Whether the listeners should be listed now: inbound refusals were seen recently and the
-    /// last listing is older than a second.
+    /// Whether the own namespace's listeners should be listed now: listener events were lost,
+    /// or they could not be listed before and inbound refusals want a diagnosis; at most once a
+    /// second.
     pub fn listing_due(&self, now: Duration) -> bool {
         let stale = self
-            .listeners_at
+            .listed_at
             .is_none_or(|at| now.saturating_sub(at) >= LISTENERS_EVERY);
-        !self.inbound_last.is_empty() && stale
+        let own_unknown = !self.listeners.own_known();
+        stale && (self.listeners.resync_due() || (own_unknown && !self.inbound_last.is_empty()))
     }
 
-    /// The host's listeners as listed at `now`; `None`: the listing failed.
+    /// The own namespace's listeners as listed at `now`; `None`: the listing failed.
     pub fn listed(&mut self, listeners: Option<Vec<SocketAddr>>, now: Duration) {
-        self.listeners = listeners;
-        self.listeners_at = Some(now);
+        self.listeners.listed(listeners, now);
+        self.listed_at = Some(now);
     }
 
     /// Monotonic time of the last update.
@@ -197,46 +206,95 @@ impl Analysis {
         self.cold_starts.iter()
     }
 
-    /// Diagnoses of the inbound refusals seen recently, in no order.
-    pub fn diagnoses(&self) -> impl Iterator<Item = (SocketAddr, Diagnosis)> + '_ {
-        self.inbound_last.keys().filter_map(|&(addr, port)| {
+    /// What the listeners say about each inbound refusal seen recently, in no order:
+    /// `(namespace, local address, finding)`.
+    pub fn inbound_findings(&self) -> impl Iterator<Item = (u32, SocketAddr, Finding<'_>)> {
+        self.inbound_last.keys().map(|&(ns, addr, port)| {
             let local = SocketAddr::new(addr, port);
-            Some((local, diagnosis::diagnose(local, self.listeners.as_ref()?)?))
+            (ns, local, self.listeners.finding(ns, local))
         })
     }
 
-    /// The local addresses refused recently, sorted.
-    pub fn recent_inbound(&self) -> Vec<SocketAddr> {
-        let mut all: Vec<SocketAddr> = self.inbound_last.keys().map(|&(a, p)| SocketAddr::new(a, p)).collect();
-        all.sort();
-        all
+    /// The diagnoses of the inbound refusals seen recently, by local address, deduplicated
+    /// across namespaces, sorted.
+    pub fn diagnoses(&self) -> BTreeSet<(SocketAddr, Diagnosis)> {
+        self.inbound_findings()
+            .filter_map(|(_, local, f)| Some((local, f.diagnosis()?)))
+            .collect()
     }
 
-    /// Inbound refusals to `local` since the agent started.
-    pub fn inbound_refused(&self, local: SocketAddr) -> u64 {
-        self.inbound_seen.get(&(local.ip(), local.port())).copied().unwrap_or(0)
+    /// Inbound refusals to `local` in namespace `netns` since the agent started.
+    pub fn inbound_refused(&self, netns: u32, local: SocketAddr) -> u64 {
+        let key = (netns, local.ip(), local.port());
+        self.inbound_seen.get(&key).copied().unwrap_or(0)
     }
 
-    /// The listeners as last listed; `None` while they cannot be.
-    pub fn listeners(&self) -> Option<&[SocketAddr]> {
-        self.listeners.as_deref()
+    /// The listener history.
+    pub fn listeners(&self) -> &Book {
+        &self.listeners
     }
 
-    /// The target's diagnosis, if any, and the sentence that explains its state.
-    pub fn explain(&self, id: &TargetId) -> (Option<&'static str>, String) {
+    /// The namespace that refused connections to `local` most recently, if this host did.
+    pub fn refused_in(&self, local: SocketAddr) -> Option<u32> {
+        (self.inbound_last.iter())
+            .filter(|((_, addr, port), _)| *addr == local.ip() && *port == local.port())
+            .max_by_key(|(_, at)| **at)
+            .map(|((ns, _, _), _)| *ns)
+    }
+
+    /// Drop points of the analysis itself, for `refusal_agent_events_dropped_total`.
+    pub fn drops(&self) -> [(&'static str, u64); 1] {
+        [("listener_history_full", self.listeners.evicted())]
+    }
+
+    /// The target's diagnosis, if any, and the sentence that explains its state. `clock` turns
+    /// a monotonic time into a time of day.
+    pub fn explain(&self, id: &TargetId, clock: &impl Fn(Duration) -> String) -> (Option<&'static str>, String) {
         let mut explanation = self.engine.explain(id, self.now).unwrap_or_default();
-        let stale = self
-            .engine
-            .get(id)
-            .filter(|t| t.state != State::Ok)
-            .and_then(|_| self.stale_address(id));
-        if let Some(other) = &stale {
+        let Some(t) = self.engine.get(id).filter(|t| t.state != State::Ok) else {
+            return (None, explanation);
+        };
+        let local = SocketAddr::new(id.dst_addr, id.dst_port);
+        let mut diagnosis = None;
+        match self.refused_in(local) {
+            // This host sent the RST: its listeners say why.
+            Some(ns) => {
+                let finding = self.listeners.finding(ns, local);
+                if let Some(d) = finding.diagnosis() {
+                    diagnosis = Some(d.name());
+                    explanation.push_str("; ");
+                    explanation.push_str(&finding.sentence(local, self.now, clock));
+                }
+                if t.state == State::Flapping {
+                    let window = self.engine.thresholds().flap_window;
+                    let recent: Vec<_> = (self.listeners.history(ns, id.dst_port))
+                        .filter(|l| self.now.saturating_sub(l.until) <= window)
+                        .collect();
+                    if let Some(last) = recent.last() {
+                        explanation.push_str(&format!(
+                            "; its listener went away {} in the last {}, last: {} {}",
+                            times(recent.len()),
+                            format_duration(window),
+                            last.who(),
+                            last.cause.describe()
+                        ));
+                    }
+                }
+            }
+            None if !id.dst_addr.is_loopback() => explanation.push_str(&format!(
+                "; {} is not this host: why nothing listens there is in that host's listener history",
+                id.dst_addr
+            )),
+            None => {}
+        }
+        if let Some(other) = self.stale_address(id) {
             explanation.push_str(&format!(
                 "; the same workload reaches port {} on {other}: stale address",
                 id.dst_port
             ));
+            diagnosis = diagnosis.or(Some("stale_address"));
         }
-        (stale.map(|_| "stale_address"), explanation)
+        (diagnosis, explanation)
     }
 
     /// Another address on the same port answers the same workload while this one refuses.
@@ -252,4 +310,8 @@ impl Analysis {
             .map(|(other, _)| other.dst_addr)
             .next()
     }
+}
+
+fn times(n: usize) -> String {
+    format!("{n} time{}", if n == 1 { "" } else { "s" })
 }

@@ -1,5 +1,5 @@
-//! Why this host refused an inbound connection, from the listeners of the network namespace
-//! that sent the RST.
+//! Why this host refused a connection: the diagnosis names, and the one made from the addresses
+//! of the listeners on the port (`listeners.rs` adds what the listener history says).
 use std::net::{IpAddr, SocketAddr};
 
 use crate::collect::sockdiag::canonical;
@@ -17,9 +17,18 @@ fn on_port(port: u16, listeners: &[SocketAddr]) -> Vec<SocketAddr> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Diagnosis {
+    /// Nothing listens, and what listened before is not known.
     NotListening,
     LoopbackOnly,
     WrongAddress,
+    /// The last listener was killed by a signal (or the OOM killer).
+    ListenerKilled,
+    /// The last listener's process exited.
+    ListenerExited,
+    /// The last listener was closed by its process, which lived on.
+    ListenerClosed,
+    /// Nothing listened since the agent started, nor when it started.
+    NeverListened,
 }
 
 impl Diagnosis {
@@ -29,6 +38,10 @@ impl Diagnosis {
             Self::NotListening => "not_listening",
             Self::LoopbackOnly => "loopback_only",
             Self::WrongAddress => "wrong_address",
+            Self::ListenerKilled => "listener_killed",
+            Self::ListenerExited => "listener_exited",
+            Self::ListenerClosed => "listener_closed",
+            Self::NeverListened => "never_listened",
         }
     }
 
@@ -49,7 +62,12 @@ impl Diagnosis {
         };
         let ip = local.ip();
         match self {
-            Self::NotListening => format!("nothing listens on TCP port {port}, so connections to {local} are refused"),
+            Self::NotListening | Self::ListenerKilled | Self::ListenerExited | Self::ListenerClosed => {
+                format!("nothing listens on TCP port {port}, so connections to {local} are refused")
+            }
+            Self::NeverListened => {
+                format!("nothing has listened on TCP port {port}, so connections to {local} are refused")
+            }
             Self::LoopbackOnly => {
                 format!("{subject} {accept} only loopback connections, but this connection arrived on {ip}")
             }
@@ -125,6 +143,16 @@ mod tests {
         use Diagnosis::*;
         let names = [NotListening, LoopbackOnly, WrongAddress].map(Diagnosis::name);
         assert_eq!(names, ["not_listening", "loopback_only", "wrong_address"]);
+        let names = [ListenerKilled, ListenerExited, ListenerClosed, NeverListened].map(Diagnosis::name);
+        assert_eq!(
+            names,
+            [
+                "listener_killed",
+                "listener_exited",
+                "listener_closed",
+                "never_listened"
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Snapshots in, verdicts and diagnoses out: the episode engine per target, the diagnosis of
-//! inbound refusals, and the [`analysis::Analysis`] that feeds them count deltas.
+//! Snapshots in, verdicts and diagnoses out: the episode engine per target, the listener
+//! history, the diagnosis of refusals, and the [`analysis::Analysis`] that feeds them.
 pub mod analysis;
 pub mod diagnosis;
 pub mod histogram;
+pub mod listeners;
 pub mod verdict;

@@ -2,7 +2,7 @@
 //! analysis and exposition. Counts are cumulative since the maps were created.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use crate::collect::labels::Label;
+use crate::collect::{labels::Label, listening::ListenerEvent};
 
 /// Connect outcomes to one target with one errno, labels resolved. `errno` is `None` for
 /// successes (only collected for watched ports).
@@ -40,6 +40,8 @@ pub struct ResetSent {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inbound {
+    /// The network namespace that refused (its inode number; 0: unknown).
+    pub netns: u32,
     pub local_addr: IpAddr,
     pub local_port: u16,
     pub count: u64,
@@ -67,6 +69,10 @@ pub struct Snapshot {
     pub drops: Vec<(&'static str, u64)>,
     /// `(program, kernel run time ns, runs)` while `kernel.bpf_stats_enabled=1`, else empty.
     pub bpf_stats: Vec<(String, u64, u64)>,
+    /// Listener events since the last tick (the tick drains them; a scrape leaves them).
+    pub listeners: Vec<ListenerEvent>,
+    /// Listener events the kernel could not deliver, since its maps were made.
+    pub listeners_dropped: u64,
 }
 
 impl Snapshot {

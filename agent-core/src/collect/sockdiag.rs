@@ -41,9 +41,16 @@ pub enum ListenError {
 /// What one received datagram contributed to a dump.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ParseProgress {
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<Listening>,
     /// NLMSG_DONE was seen: the dump is complete.
     pub done: bool,
+}
+
+/// A listening socket: where, and its inode (`socket:[inode]` among its holders' fds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub inode: u32,
 }
 
 /// A dump request for the TCP listeners of one address family.
@@ -91,7 +98,7 @@ pub fn parse_dump(buf: &[u8]) -> Result<ParseProgress, ListenError> {
 }
 
 /// One `inet_diag_msg`; `None` for sockets that are not listening or of an unknown family.
-fn parse_diag_msg(p: &[u8]) -> Result<Option<SocketAddr>, ListenError> {
+fn parse_diag_msg(p: &[u8]) -> Result<Option<Listening>, ListenError> {
     if p.len() < DIAG_MSG_LEN {
         return Err(ListenError::Malformed("truncated inet_diag_msg"));
     }
@@ -100,6 +107,7 @@ fn parse_diag_msg(p: &[u8]) -> Result<Option<SocketAddr>, ListenError> {
     let mut src = [0u8; 16];
     src.copy_from_slice(&p[8..24]);
     let ifindex = read_u32(p, 40).unwrap_or(0);
+    let inode = read_u32(p, 68).unwrap_or(0);
     if state != TCP_LISTEN {
         return Ok(None);
     }
@@ -113,7 +121,7 @@ fn parse_diag_msg(p: &[u8]) -> Result<Option<SocketAddr>, ListenError> {
         }
         _ => return Ok(None),
     };
-    Ok(Some(addr))
+    Ok(Some(Listening { addr, inode }))
 }
 
 fn read_u16(b: &[u8], at: usize) -> Option<u16> {
@@ -181,9 +189,12 @@ mod tests {
     fn parses_a_dump() {
         let p = parse_dump(&sample_dump()).expect("valid dump");
         assert!(p.done);
-        assert_eq!(p.listeners, addrs("127.0.0.1:8080 [::1]:443 10.0.0.1:22"));
+        let found: Vec<SocketAddr> = p.listeners.iter().map(|l| l.addr).collect();
+        assert_eq!(found, addrs("127.0.0.1:8080 [::1]:443 10.0.0.1:22"));
+        assert!(p.listeners.iter().all(|l| l.inode == 4242));
         let partial = parse_dump(&diag_msg(libc::AF_INET6, TCP_LISTEN, 1, &[0; 16])).expect("one entry");
-        assert_eq!((partial.listeners, partial.done), (addrs("[::]:1"), false));
+        let found: Vec<SocketAddr> = partial.listeners.iter().map(|l| l.addr).collect();
+        assert_eq!((found, partial.done), (addrs("[::]:1"), false));
     }
 
     #[test]

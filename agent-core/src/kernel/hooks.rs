@@ -174,10 +174,62 @@ pub static HOOKS: &[Hook] = &[
             ),
         ],
     },
+    Hook {
+        name: "oom",
+        required: false,
+        opt_in: false,
+        chain: &[
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "mark_victim_btf",
+                    tracepoint: "mark_victim",
+                },
+            ),
+            // Before 6.8 the tracepoint gives the victim thread's pid only.
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "mark_victim_btf_pre68",
+                    tracepoint: "mark_victim",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("mark_victim_tp", "oom", "mark_victim")]),
+            ),
+        ],
+    },
 ];
 
-/// tp_btf programs that read an argument older kernels lack: (program, arguments it needs).
-pub const TP_BTF_ARGS: &[(&str, usize)] = &[("send_reset_btf", 3), ("kfree_skb_btf", 3)];
+/// tp_btf programs written for one form of a tracepoint whose arguments changed across kernels:
+/// (program, arguments it reads, the most the form it reads has). A tp_btf program gets its
+/// arguments as raw words, so one built for another form loads and reads the wrong thing.
+const TP_BTF_ARGS: &[(&str, usize, Option<usize>)] = &[
+    ("send_reset_btf", 3, None),
+    ("send_reset_btf_pre610", 2, Some(2)),
+    ("kfree_skb_btf", 3, None),
+    ("mark_victim_btf", 2, None),
+    ("mark_victim_btf_pre68", 1, Some(1)),
+];
+
+/// Whether `program` fits `tracepoint` as this kernel declares it, with `have` arguments.
+pub fn tp_btf_fits(program: &str, tracepoint: &str, have: usize) -> Result<(), String> {
+    let Some((_, want, most)) = TP_BTF_ARGS.iter().find(|(p, _, _)| *p == program) else {
+        return Ok(());
+    };
+    if have < *want {
+        return Err(format!(
+            "{tracepoint} has {have} arguments on this kernel, the program needs {want}"
+        ));
+    }
+    match most {
+        Some(most) if have > *most => Err(format!(
+            "{tracepoint} has {have} arguments on this kernel, the program reads its older {most}-argument form"
+        )),
+        _ => Ok(()),
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookReport {
@@ -314,5 +366,20 @@ mod tests {
                 assert!(provided, "{}: {program} in {mode} mode", hook.name);
             }
         }
+    }
+
+    #[test]
+    fn tp_btf_programs_fit_only_their_form_of_the_tracepoint() {
+        assert_eq!(tp_btf_fits("send_reset_btf", "tcp_send_reset", 3), Ok(()));
+        assert_eq!(
+            tp_btf_fits("send_reset_btf", "tcp_send_reset", 2),
+            Err("tcp_send_reset has 2 arguments on this kernel, the program needs 3".into())
+        );
+        assert_eq!(tp_btf_fits("kfree_skb_btf", "kfree_skb", 4), Ok(()));
+        assert_eq!(
+            tp_btf_fits("mark_victim_btf_pre68", "mark_victim", 2),
+            Err("mark_victim has 2 arguments on this kernel, the program reads its older 1-argument form".into())
+        );
+        assert_eq!(tp_btf_fits("sock_state_btf", "inet_sock_set_state", 3), Ok(()));
     }
 }

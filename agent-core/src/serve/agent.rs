@@ -16,9 +16,18 @@ pub struct AgentInfo {
     pub hooks: Vec<HookReport>,
 }
 
+/// What the agent gave up or refused beyond the kernel's drop points.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserDrops<'a> {
+    /// Drop points of the analysis (`where`, count).
+    pub analysis: &'a [(&'static str, u64)],
+    /// The HTTP server's rejected connections.
+    pub http_rejected: u64,
+}
+
 /// Writes the `refusal_agent_*` metrics. Last in a scrape: the overflow counts include what the
-/// other families folded in it. `http_rejected` is the HTTP server's own count.
-pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, http_rejected: u64, out: &mut Text) {
+/// other families folded in it.
+pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, drops: UserDrops<'_>, out: &mut Text) {
     f::BUILD_INFO.open(out);
     out.sample(f::BUILD_INFO.name)
         .label("version", info.version)
@@ -47,7 +56,7 @@ pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, http_reject
     }
 
     f::EVENTS_DROPPED.open(out);
-    for (w, n) in &snap.drops {
+    for (w, n) in snap.drops.iter().chain(drops.analysis) {
         out.sample(f::EVENTS_DROPPED.name).label("where", w).count(*n);
     }
 
@@ -65,7 +74,7 @@ pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, http_reject
     }
 
     f::HTTP_REJECTED.open(out);
-    out.sample(f::HTTP_REJECTED.name).count(http_rejected);
+    out.sample(f::HTTP_REJECTED.name).count(drops.http_rejected);
 
     f::SERIES_OVERFLOW.open(out);
     let mut overflow: Vec<_> = series.overflow().collect();

@@ -67,7 +67,7 @@ pub const INBOUND_REFUSED: Family = Family {
 pub const INBOUND_DIAGNOSIS: Family = Family {
     name: "refusal_inbound_diagnosis",
     kind: Kind::Gauge,
-    help: "Why this host refuses connections to a local address and port (not_listening, loopback_only, wrong_address).",
+    help: "Why this host refuses connections to a local address and port (not_listening, loopback_only, wrong_address, listener_killed, listener_exited, listener_closed, never_listened).",
     labels: &["local_addr", "local_port", "diagnosis"],
     // Only ports refused in the last few minutes, and those are capped by the inbound family.
     cap: Cap::None,
@@ -96,6 +96,14 @@ pub const COLD_START_DURATION: Family = Family {
     labels: &["workload", "dst_port"],
     // One per workload and port that ever cold-started: bounded by the targets.
     cap: Cap::None,
+};
+
+pub const LISTENER_LOST: Family = Family {
+    name: "refusal_listener_lost_total",
+    kind: Kind::Counter,
+    help: "Listeners that went away, by cause (exited, killed, oom_killed, closed), and whether their process died within a second of a connection reset.",
+    labels: &["workload", "comm", "local_port", "cause", "after_reset"],
+    cap: Cap::OnceFolded,
 };
 
 pub const BUILD_INFO: Family = Family {
@@ -164,6 +172,7 @@ pub const ALL: &[&Family] = &[
     &EPISODES,
     &INBOUND_DIAGNOSIS,
     &COLD_START_DURATION,
+    &LISTENER_LOST,
     &BUILD_INFO,
     &PROBE_ATTACHED,
     &EVENTS_DROPPED,

@@ -22,7 +22,11 @@ pub fn scrape(
 ) {
     counts::render(snap, series, out);
     verdicts::render(analysis, series, out);
-    agent::render(snap, series, info, http_rejected, out);
+    let drops = agent::UserDrops {
+        analysis: &analysis.drops(),
+        http_rejected,
+    };
+    agent::render(snap, series, info, drops, out);
 }
 
 #[cfg(test)]
@@ -34,6 +38,7 @@ mod tests {
         analyse::verdict::State,
         collect::{
             labels::Label,
+            listening::{Ending, ListenerEvent, Process, Seed},
             snapshot::{Inbound, Outcome, Outcome as Seen, Overflow, ResetReceived, ResetSent},
         },
         config::{AttachMode, Thresholds},
@@ -81,7 +86,7 @@ mod tests {
     fn text(snap: &Snapshot, series: &mut SeriesCap) -> String {
         let mut out = Text::default();
         counts::render(snap, series, &mut out);
-        agent::render(snap, series, &info(), 0, &mut out);
+        agent::render(snap, series, &info(), agent::UserDrops::default(), &mut out);
         out.finish()
     }
 
@@ -120,6 +125,7 @@ mod tests {
                 count: 4,
             }],
             inbound: vec![Inbound {
+                netns: 0,
                 local_addr: "10.0.0.1".parse().unwrap(),
                 local_port: 8080,
                 count: 9,
@@ -224,6 +230,11 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         }
     }
 
+    /// The own namespace listed at start, with nothing listening.
+    fn seed() -> Seed {
+        Seed::own_only(0, Ok(vec![]))
+    }
+
     fn verdict_text(a: &Analysis, series: &mut SeriesCap) -> String {
         let mut out = Text::default();
         verdicts::render(a, series, &mut out);
@@ -232,7 +243,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
 
     #[test]
     fn deltas_drive_episodes_watch_set_and_metrics() {
-        let mut a = Analysis::new(Thresholds::default());
+        let mut a = Analysis::new(Thresholds::default(), seed(), Duration::ZERO);
         let refused = |n, t| seen("10.0.0.7", Some("ECONNREFUSED"), n, t);
         assert_eq!(
             a.update(&snap_of(vec![refused(2, 10)]), Duration::from_secs(10)),
@@ -263,6 +274,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
     #[test]
     fn inbound_refusals_go_undiagnosed_while_listeners_cannot_be_listed() {
         let inbound = |port, count| Inbound {
+            netns: 0,
             local_addr: "10.0.0.1".parse().unwrap(),
             local_port: port,
             count,
@@ -271,13 +283,17 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
             inbound: vec![inbound(7000, 3), inbound(7001, 1)],
             ..Snapshot::default()
         };
-        let mut a = Analysis::new(Thresholds::default());
+        let mut a = Analysis::new(
+            Thresholds::default(),
+            Seed::own_only(0, Err("sock_diag: EPERM".into())),
+            Duration::ZERO,
+        );
         a.update(&snap, Duration::from_secs(10));
         assert!(a.listing_due(Duration::from_secs(10)));
         a.listed(None, Duration::from_secs(10));
         let t = verdict_text(&a, &mut SeriesCap::new(100));
         assert!(!t.contains("refusal_inbound_diagnosis{"), "{t}");
-        let views = views::inbound(&a);
+        let views = views::inbound(&a, 0.0);
         let rows: Vec<_> = views
             .iter()
             .map(|v| (v.local_port, v.refused_total, v.diagnosis))
@@ -287,7 +303,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         a.update(&snap, Duration::from_secs(12));
         assert!(a.listing_due(Duration::from_secs(12)));
         a.listed(Some(vec!["10.0.0.1:22".parse().unwrap()]), Duration::from_secs(12));
-        let diagnoses: Vec<_> = views::inbound(&a).iter().map(|v| v.diagnosis).collect();
+        let diagnoses: Vec<_> = views::inbound(&a, 0.0).iter().map(|v| v.diagnosis).collect();
         assert_eq!(diagnoses, ["not_listening", "not_listening"]);
         let t = verdict_text(&a, &mut SeriesCap::new(100));
         assert_eq!(t.matches("diagnosis=\"not_listening\"} 1").count(), 2, "{t}");
@@ -295,7 +311,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
 
     #[test]
     fn another_address_answering_is_a_stale_address() {
-        let mut a = Analysis::new(Thresholds::default());
+        let mut a = Analysis::new(Thresholds::default(), seed(), Duration::ZERO);
         let s = snap_of(vec![
             seen("10.0.0.7", Some("ECONNREFUSED"), 3, 10),
             seen("10.0.0.8", None, 4, 11),
@@ -318,7 +334,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
 
     #[test]
     fn targets_past_the_cap_fold_into_one_state_series() {
-        let mut a = Analysis::new(Thresholds::default());
+        let mut a = Analysis::new(Thresholds::default(), seed(), Duration::ZERO);
         let s = snap_of(
             (1..=4)
                 .map(|i| seen(&format!("10.0.0.{i}"), Some("ECONNREFUSED"), 1, 10))
@@ -345,7 +361,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
     /// Every family a full scrape writes is in the table, with its type and exactly its labels.
     #[test]
     fn a_scrape_writes_the_families_of_the_table() {
-        let mut a = Analysis::new(Thresholds::default());
+        let mut a = Analysis::new(Thresholds::default(), seed(), Duration::ZERO);
         let refused = |n, t| seen("10.0.0.7", Some("ECONNREFUSED"), n, t);
         a.update(&snap_of(vec![refused(2, 10)]), Duration::from_secs(10));
         a.update(
@@ -370,12 +386,26 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
                 count: 1,
             }],
             inbound: vec![Inbound {
+                netns: 0,
                 local_addr: "10.0.0.1".parse().unwrap(),
                 local_port: 7000,
                 count: 1,
             }],
             drops: vec![("owner_map_full", 0)],
             bpf_stats: vec![("sock_state_btf".into(), 1_000, 2)],
+            listeners: vec![ListenerEvent::Stopped {
+                at: Duration::from_secs(14),
+                netns: 0,
+                local: "0.0.0.0:7000".parse().unwrap(),
+                by: Process {
+                    tgid: 9,
+                    comm: "srv".into(),
+                    workload: "/".into(),
+                },
+                pid: 9,
+                ending: Ending::Exited { code: 1 },
+                last_reset: None,
+            }],
             ..Default::default()
         };
         a.update(&snap, Duration::from_secs(14));

@@ -202,6 +202,33 @@ impl TargetSeries {
     }
 }
 
+/// A `refusal_listener_lost_total` label set; `None` port: folded into `other`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LostSeries {
+    pub workload: Label,
+    pub comm: Label,
+    pub port: Option<u16>,
+    pub cause: &'static str,
+    pub after_reset: bool,
+}
+
+impl LostSeries {
+    pub fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
+        l.label("workload", &self.workload)
+            .label("comm", &self.comm)
+            .or_other("local_port", self.port)
+            .label("cause", self.cause)
+            .label("after_reset", if self.after_reset { "true" } else { "false" })
+    }
+
+    pub fn folded(&self) -> Self {
+        LostSeries {
+            port: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// Every capped metric's series.
 #[derive(Debug)]
 pub struct SeriesCap {
@@ -212,6 +239,7 @@ pub struct SeriesCap {
     pub inbound: Table<Option<(IpAddr, u16)>>,
     pub target_state: Table<TargetSeries>,
     pub episodes: Table<(TargetSeries, &'static str)>,
+    pub listener_lost: Table<LostSeries>,
 }
 
 impl SeriesCap {
@@ -223,19 +251,21 @@ impl SeriesCap {
             inbound: Table::new(cap),
             target_state: Table::new(cap),
             episodes: Table::new(cap),
+            listener_lost: Table::new(cap),
         }
     }
 
     /// Folded label sets per capped family, as its [`Cap`] says: the kernel-counted families
     /// always, the others once they fold.
     pub fn overflow(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        let folded: [(&Family, u64); 6] = [
+        let folded: [(&Family, u64); 7] = [
             (&families::CONNECT_FAILURES, self.failures.folded()),
             (&families::RESETS_RECEIVED, self.resets_received.folded()),
             (&families::RESETS_SENT, self.resets_sent.folded()),
             (&families::INBOUND_REFUSED, self.inbound.folded()),
             (&families::TARGET_STATE, self.target_state.folded()),
             (&families::EPISODES, self.episodes.folded()),
+            (&families::LISTENER_LOST, self.listener_lost.folded()),
         ];
         folded
             .into_iter()

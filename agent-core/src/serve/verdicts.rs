@@ -1,5 +1,5 @@
-//! The families derived by analysis: target states, ended episodes, inbound diagnoses and
-//! cold-start durations.
+//! The families derived by analysis: target states, ended episodes, inbound diagnoses,
+//! cold-start durations and listeners lost.
 use crate::{
     analyse::{
         analysis::{Analysis, TargetId},
@@ -8,7 +8,7 @@ use crate::{
     serve::{
         exposition::{self, Sample, Text},
         families as f,
-        series::{SeriesCap, Tally, TargetSeries},
+        series::{LostSeries, SeriesCap, Tally, TargetSeries},
     },
 };
 
@@ -24,7 +24,7 @@ fn episode_labels<'a>((target, outcome): &(TargetSeries, &str), l: Sample<'a>) -
     target.labels(l).label("outcome", outcome)
 }
 
-/// Writes the verdict families of `analysis`, folding targets past the cap.
+/// Writes the verdict and listener families of `analysis`, folding label sets past the cap.
 pub fn render(analysis: &Analysis, series: &mut SeriesCap, out: &mut Text) {
     // One series per target, for the state it is in: three per target would triple a port
     // scan's scrape for zeros that absent series express as well.
@@ -54,6 +54,7 @@ pub fn render(analysis: &Analysis, series: &mut SeriesCap, out: &mut Text) {
     tally.write(out, f::EPISODES.name, table);
 
     f::INBOUND_DIAGNOSIS.open(out);
+    // Namespaces refusing the same address with the same diagnosis are one series.
     for (local, d) in analysis.diagnoses() {
         out.sample(f::INBOUND_DIAGNOSIS.name)
             .plain("local_addr", local.ip())
@@ -68,4 +69,19 @@ pub fn render(analysis: &Analysis, series: &mut SeriesCap, out: &mut Text) {
             s.label("workload", workload).plain("dst_port", *port)
         });
     }
+
+    let table = &mut series.listener_lost;
+    let mut tally = Tally::default();
+    for (k, n) in analysis.listeners().losses() {
+        let s = LostSeries {
+            workload: k.workload.clone(),
+            comm: k.comm.clone(),
+            port: Some(k.port),
+            cause: k.cause,
+            after_reset: k.after_reset,
+        };
+        tally.add(table.row(s, LostSeries::folded, LostSeries::labels), *n);
+    }
+    f::LISTENER_LOST.open(out);
+    tally.write(out, f::LISTENER_LOST.name, table);
 }

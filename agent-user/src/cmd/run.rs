@@ -1,6 +1,6 @@
 //! `refusal-agent run`: load and attach (kernel), drop privileges, then tick (collect →
 //! analyse) and serve until a signal.
-use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use agent_core::{
     analyse::analysis::Analysis,
@@ -15,7 +15,9 @@ use crate::{
     cli::RunArgs,
     collect::{
         cgroups::CgroupResolver,
+        clock::monotonic_ns,
         collector::{CollectError, Collector},
+        listeners,
     },
     kernel::{
         self, caps, loader,
@@ -208,9 +210,23 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
         kernel: kernel::release(),
         hooks: loaded.hooks,
     };
+    // After attaching, so no listener falls between the seed and the events (those that do
+    // are in both, and counted once), and before privileges go (other namespaces need them).
+    let seed = listeners::seed();
+    let unlisted: Vec<String> = (seed.namespaces.iter())
+        .filter_map(|(ns, r)| r.as_ref().err().map(|e| format!("{ns}: {e}")))
+        .collect();
+    tracing::info!(
+        namespaces = seed.namespaces.len(),
+        listeners = seed.namespaces.values().flatten().flatten().count(),
+        all_namespaces_found = seed.complete,
+        unlisted = ?unlisted,
+        "listener history seeded"
+    );
+    let started = Duration::from_nanos(monotonic_ns());
     let state = State::new(
         collector,
-        Analysis::new(cfg.thresholds()),
+        Analysis::new(cfg.thresholds(), seed, started),
         SeriesCap::new(cfg.max_series),
         info,
     );

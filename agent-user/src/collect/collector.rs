@@ -6,15 +6,19 @@ use std::{
 };
 
 use agent_common::{
-    Counter, Drop, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, config, names, overflow, proto, tcp_state,
+    Counter, Drop, InboundKey, ListenEvent, Owner, ResetKey, ResetSentKey, TargetKey, config, names, overflow, proto,
+    tcp_state,
 };
 use agent_core::collect::{
     labels::{self, Interned, Label},
+    listening::ListenerEvent,
     snapshot::{Inbound, Outcome, Overflow, ResetReceived, ResetSent, Snapshot},
 };
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+    },
 };
 use foldhash::HashMap;
 
@@ -58,6 +62,7 @@ pub struct Collector {
     owners: BpfHashMap<MapData, u64, Owner>,
     watch: WatchMap,
     config: Array<MapData, u32>,
+    listen_events: RingBuf<MapData>,
     /// Ports no episode needs any more, since when: removed after [`UNWATCH_AFTER`].
     unwatched: BTreeMap<u16, Instant>,
     /// The programs (attached while this lives), for their kernel run time.
@@ -148,6 +153,7 @@ impl Collector {
                 _ => return Err(CollectError::MissingMap { name: names::WATCH }),
             },
             config: take(&mut ebpf, names::CONFIG)?,
+            listen_events: take(&mut ebpf, names::LISTEN_EVENTS)?,
             unwatched: BTreeMap::new(),
             ebpf,
             resolver,
@@ -209,6 +215,7 @@ impl Collector {
         snap.inbound.reserve(cache.sizes[1]);
         entries(&self.inbound, names::INBOUND, total, |key: InboundKey, count| {
             snap.inbound.push(Inbound {
+                netns: key.netns,
                 local_addr: labels::canonical_ip(key.laddr),
                 local_port: key.lport,
                 count,
@@ -287,6 +294,37 @@ impl Collector {
                 name: names::CONFIG,
                 source,
             })
+    }
+
+    /// Drains the listener events into `snap` (the tick's, which analysis consumes), with the
+    /// kernel's count of those it could not deliver.
+    pub fn drain_listeners(&mut self, snap: &mut Snapshot) -> Result<(), CollectError> {
+        let Self {
+            listen_events,
+            cache,
+            resolver,
+            ..
+        } = self;
+        while let Some(item) = listen_events.next() {
+            if item.len() < size_of::<ListenEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `ListenEvent` (checked length); read unaligned.
+            let raw: ListenEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let workload = cache.workload(resolver.as_mut(), raw.cgroup_id);
+            let comm = cache.interned.comm(&raw.comm);
+            snap.listeners.extend(ListenerEvent::decode(&raw, workload, comm));
+        }
+        let slot = Drop::ListenRingFull as u32;
+        snap.listeners_dropped =
+            self.drops
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .map_err(|source| CollectError::Map {
+                    name: names::DROPS,
+                    source,
+                })?;
+        Ok(())
     }
 
     /// The kernel only accounts run time while `kernel.bpf_stats_enabled=1` (it costs ~50 ns a

@@ -6,7 +6,7 @@ use agent_core::{
     config::AttachMode,
     kernel::{
         btf,
-        hooks::{Attach, HOOKS, HookReport, TP_BTF_ARGS, explain, programs, wanted},
+        hooks::{Attach, HOOKS, HookReport, explain, programs, tp_btf_fits, wanted},
     },
 };
 use aya::{
@@ -272,17 +272,11 @@ fn attach_one(
             }
         }
         Attach::TpBtf { program, tracepoint } => {
-            if let Some((_, want)) = TP_BTF_ARGS.iter().find(|(p, _)| p == program) {
-                let have = kernel
-                    .ours
-                    .tracepoint_arg_count(tracepoint)
-                    .map_err(|e| e.to_string())?;
-                if have < *want {
-                    return Err(format!(
-                        "{tracepoint} has {have} arguments on this kernel, the program needs {want}"
-                    ));
-                }
-            }
+            let have = kernel
+                .ours
+                .tracepoint_arg_count(tracepoint)
+                .map_err(|e| e.to_string())?;
+            tp_btf_fits(program, tracepoint, have)?;
             let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
             prog.load(tracepoint, btf).map_err(explain)?;
             let id = prog.attach().map_err(explain)?;

@@ -113,6 +113,12 @@ const TRACEPOINTS: &[TpFields] = &[
         "sys_exit_connect",
         &[("ret", |t| &mut t.exit_connect_ret)],
     ),
+    (
+        "mark_victim_tp",
+        "oom",
+        "mark_victim",
+        &[("pid", |t| &mut t.mark_victim_pid)],
+    ),
 ];
 
 type Slot = fn(&mut Offsets) -> &mut u32;
@@ -126,6 +132,15 @@ const REQUIRED: &[(&str, &str, u32, Slot)] = &[
     ("sock_common", "skc_state", 1, |o| &mut o.skc_state),
     ("sock", "sk_protocol", 2, |o| &mut o.sk_protocol),
     ("sock", "sk_err", 4, |o| &mut o.sk_err),
+    // Listeners and how the task that closes one is ending.
+    ("sock_common", "skc_num", 2, |o| &mut o.skc_num),
+    ("sock_common", "skc_rcv_saddr", 4, |o| &mut o.skc_rcv_saddr),
+    ("sock_common", "skc_v6_rcv_saddr", 16, |o| &mut o.skc_v6_rcv_saddr),
+    ("task_struct", "flags", 4, |o| &mut o.task_flags),
+    ("task_struct", "exit_code", 4, |o| &mut o.task_exit_code),
+    ("task_struct", "pid", 4, |o| &mut o.task_pid),
+    ("task_struct", "signal", 8, |o| &mut o.task_signal),
+    ("signal_struct", "group_exit_code", 4, |o| &mut o.signal_group_exit_code),
 ];
 
 /// Fields behind single features; a kernel without one loses only that feature.
@@ -158,6 +173,17 @@ const OPTIONAL: &[(&str, &str, &str, Slot)] = &[
     ("kernfs_node", "id", "socket cgroup attribution", |o| {
         &mut o.kernfs_node_id
     }),
+    ("sock_common", "skc_net.net", "network namespaces", |o| &mut o.skc_net),
+    ("net", "ns.inum", "network namespaces", |o| &mut o.net_ns_inum),
+    ("sk_buff", "dev", "network namespaces of inbound refusals", |o| {
+        &mut o.skb_dev
+    }),
+    (
+        "net_device",
+        "nd_net.net",
+        "network namespaces of inbound refusals",
+        |o| &mut o.net_device_nd_net,
+    ),
     ("sk_buff", "head", "inbound refusal addresses", |o| &mut o.skb_head),
     ("sk_buff", "network_header", "inbound refusal addresses", |o| {
         &mut o.skb_network_header
