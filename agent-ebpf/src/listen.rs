@@ -107,7 +107,7 @@ pub fn stopped<M: Mem>(sk: *const u8) -> Result<u32, u32> {
         for key in [u64::from(ev.tgid), ev.cgroup_id | RESET_BY_CGROUP] {
             // SAFETY: a value of an LRU map, copied out at once; a concurrent update can only
             // make it newer.
-            if let Some(r) = unsafe { LAST_RESET.get(&key) }
+            if let Some(r) = unsafe { LAST_RESET.get(key) }
                 && r.ts_ns > ev.reset_ns
             {
                 ev.reset_ns = r.ts_ns;
@@ -136,7 +136,7 @@ pub fn reset_received(o: &Owner, peer: Addr, port: u16) {
         port,
         _pad: [0; 6],
     };
-    let _ = LAST_RESET.insert(&key, &seen, 0);
+    let _ = LAST_RESET.insert(key, seen, 0);
 }
 
 #[inline(always)]
