@@ -14,7 +14,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::{
     analyse::{
-        diagnosis::Diagnosis,
+        advice::{Advice, Boots},
+        diagnosis::{self, Diagnosis},
         histogram::Histogram,
         listeners::{Book, Finding},
         verdict::{Engine, Outcome, State, Target, format_duration},
@@ -62,6 +63,9 @@ pub struct Analysis {
     errnos: HashMap<TargetId, Vec<(Label, u64)>>,
     episodes: BTreeMap<(TargetId, &'static str), u64>,
     cold_starts: BTreeMap<(Label, u16), Histogram>,
+    /// Cold-start durations per target and per destination port, for retry advice.
+    boots_by_target: Boots<TargetId>,
+    boots_by_port: Boots<u16>,
     /// Inbound refusals by the namespace that refused and the local address and port.
     inbound_seen: HashMap<Local, u64>,
     inbound_last: HashMap<Local, Duration>,
@@ -82,6 +86,8 @@ impl Analysis {
             errnos: HashMap::new(),
             episodes: BTreeMap::new(),
             cold_starts: BTreeMap::new(),
+            boots_by_target: Boots::default(),
+            boots_by_port: Boots::default(),
             inbound_seen: HashMap::new(),
             inbound_last: HashMap::new(),
             listeners: Book::new(started, seed),
@@ -132,23 +138,93 @@ impl Analysis {
                 self.ended(&id, outcome);
             }
         }
-        self.engine.tick(now);
-        self.listeners.forget(now, self.engine.thresholds().forget_after);
         self.update_inbound(snap, now);
+        self.judge_gave_up(now);
+        self.engine.tick(now);
+        let th = self.engine.thresholds();
+        let (forget, window) = (th.forget_after, th.advice_window);
+        self.listeners.forget(now, forget);
+        self.boots_by_target.prune(now, window);
+        self.boots_by_port.prune(now, window);
         self.engine.watched().map(|id| id.dst_port).collect()
     }
 
-    fn ended(&mut self, id: &TargetId, outcome: Outcome) {
-        let name = match outcome {
-            Outcome::ColdStart { seconds } => {
-                (self.cold_starts.entry((id.workload.clone(), id.dst_port)))
-                    .or_insert_with(|| Histogram::new(COLD_START_BUCKETS))
-                    .observe(seconds);
-                "cold_start"
+    /// Ends the episodes of clients that stopped retrying while their target began accepting
+    /// within `cold_start_max` of their last refusal (README, "Verdicts"). A client is taken to
+    /// have stopped after `gave_up_after` of silence, or twice its longest wait between two
+    /// retries if that is longer: one that merely waits longer comes back and cold-starts.
+    fn judge_gave_up(&mut self, now: Duration) {
+        let th = self.engine.thresholds();
+        let ended: Vec<(TargetId, Duration, bool)> = (self.engine.open())
+            .filter(|(_, ep)| now >= ep.last + th.gave_up_after.max(ep.longest_gap * 2))
+            .filter_map(|(id, ep)| {
+                let (at, listening) = self.accepting_since(id, ep.started, ep.last)?;
+                (at.saturating_sub(ep.last) <= th.cold_start_max).then(|| (id.clone(), at, listening))
+            })
+            .collect();
+        for (id, at, listening) in ended {
+            if let Some(outcome) = self.engine.gave_up(&id, now, at, listening) {
+                self.ended(&id, outcome);
             }
-            Outcome::Recovered { .. } => "recovered",
-        };
-        *self.episodes.entry((id.clone(), name)).or_default() += 1;
+        }
+    }
+
+    /// When `id`'s destination began accepting, after an episode that started at `started` and
+    /// refused last at `last`: a listener of this host on it appeared (`true`), or another
+    /// client got through (`false`); the earlier of the two.
+    fn accepting_since(&self, id: &TargetId, started: Duration, last: Duration) -> Option<(Duration, bool)> {
+        let local = SocketAddr::new(id.dst_addr, id.dst_port);
+        let listener = self.refused_in(local).and_then(|ns| {
+            (self.listeners.listening(ns, id.dst_port))
+                .filter(|l| diagnosis::diagnose(local, &[l.local]).is_none())
+                .filter_map(|l| l.since.filter(|at| *at >= started))
+                .min()
+        });
+        let other = (self.engine.iter())
+            .filter(|(other, _)| *other != id && other.dst_addr == id.dst_addr && other.dst_port == id.dst_port)
+            .filter_map(|(_, t)| t.last_success.filter(|at| *at >= last))
+            .min();
+        match (listener, other) {
+            (Some(l), Some(o)) if o < l => Some((o, false)),
+            (Some(l), _) => Some((l, true)),
+            (None, o) => o.map(|o| (o, false)),
+        }
+    }
+
+    fn ended(&mut self, id: &TargetId, outcome: Outcome) {
+        if let Outcome::ColdStart { seconds } = outcome {
+            (self.cold_starts.entry((id.workload.clone(), id.dst_port)))
+                .or_insert_with(|| Histogram::new(COLD_START_BUCKETS))
+                .observe(seconds);
+            self.boots_by_target.add(id.clone(), self.now, seconds);
+            self.boots_by_port.add(id.dst_port, self.now, seconds);
+        }
+        *self.episodes.entry((id.clone(), outcome.name())).or_default() += 1;
+    }
+
+    /// Retry advice from `id`'s cold starts, once there are enough.
+    pub fn target_advice(&self, id: &TargetId) -> Option<Advice> {
+        self.boots_by_target
+            .advice(id, self.engine.thresholds().advice_min_cold_starts)
+    }
+
+    fn port_advice_sentence(&self, port: u16) -> Option<String> {
+        let advice = self
+            .boots_by_port
+            .advice(&port, self.engine.thresholds().advice_min_cold_starts)?;
+        Some(advice.sentence(&format!(":{port}"), self.engine.thresholds().advice_window))
+    }
+
+    /// Retry advice per destination port, for the ports with enough cold starts, by port.
+    pub fn port_advice(&self) -> BTreeMap<u16, Advice> {
+        let min = self.engine.thresholds().advice_min_cold_starts;
+        (self.boots_by_port.keys())
+            .filter_map(|port| Some((*port, self.boots_by_port.advice(port, min)?)))
+            .collect()
+    }
+
+    pub fn thresholds(&self) -> &Thresholds {
+        self.engine.thresholds()
     }
 
     fn update_inbound(&mut self, snap: &Snapshot, now: Duration) {
@@ -251,9 +327,35 @@ impl Analysis {
     /// a monotonic time into a time of day.
     pub fn explain(&self, id: &TargetId, clock: &impl Fn(Duration) -> String) -> (Option<&'static str>, String) {
         let mut explanation = self.engine.explain(id, self.now).unwrap_or_default();
+        let advice = self.port_advice_sentence(id.dst_port);
         let Some(t) = self.engine.get(id).filter(|t| t.state != State::Ok) else {
+            if let Some(t) = self.engine.get(id).filter(|t| t.open.is_none())
+                && let Some(Outcome::GaveUp {
+                    retried,
+                    boot,
+                    listening,
+                }) = t.history.last().and_then(|e| e.outcome)
+            {
+                let accepted = if listening {
+                    "started listening"
+                } else {
+                    "accepted another client"
+                };
+                explanation = format!(
+                    "{} stopped retrying after {}; :{} {accepted} {} after the first refusal: its retry budget is \
+                     shorter than the boot",
+                    id.comm,
+                    format_duration(Duration::from_secs_f64(retried)),
+                    id.dst_port,
+                    format_duration(Duration::from_secs_f64(boot)),
+                );
+                explanation.extend(advice.map(|a| format!("; {a}")));
+            }
             return (None, explanation);
         };
+        if t.state == State::Refusing {
+            explanation.extend(advice.map(|a| format!("; {a}")));
+        }
         let local = SocketAddr::new(id.dst_addr, id.dst_port);
         let mut diagnosis = None;
         match self.refused_in(local) {
@@ -314,4 +416,189 @@ impl Analysis {
 
 fn times(n: usize) -> String {
     format!("{n} time{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::{
+        listening::{ListenerEvent, Process},
+        snapshot::{Inbound, Outcome as Counted},
+    };
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A cumulative counter of `comm`'s connects to 127.0.0.1:`port`, the last at `at_ms`.
+    fn counted(comm: &str, port: u16, errno: Option<&str>, count: u64, at_ms: u64) -> Counted {
+        Counted {
+            cgroup_id: 1,
+            workload: "/".into(),
+            comm: comm.into(),
+            proto: "tcp",
+            dst_addr: "127.0.0.1".parse().unwrap(),
+            dst_port: port,
+            errno: errno.map(Into::into),
+            count,
+            last_ns: at_ms * 1_000_000,
+        }
+    }
+
+    struct Run {
+        a: Analysis,
+        outcomes: Vec<Counted>,
+        inbound: u64,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            Run {
+                a: Analysis::new(Thresholds::default(), Seed::own_only(0, Ok(vec![])), Duration::ZERO),
+                outcomes: Vec::new(),
+                inbound: 0,
+            }
+        }
+
+        /// `comm` refused at each of `at_ms`, one update per refusal, this host refusing.
+        fn refused(&mut self, comm: &str, port: u16, at_ms: &[u64]) {
+            for &at in at_ms {
+                let n = self.count(comm, port, Some("ECONNREFUSED")) + 1;
+                self.set(counted(comm, port, Some("ECONNREFUSED"), n, at));
+                self.inbound += 1;
+                self.update(Duration::from_millis(at), vec![]);
+            }
+        }
+
+        fn succeeded(&mut self, comm: &str, port: u16, at_ms: u64) {
+            let n = self.count(comm, port, None) + 1;
+            self.set(counted(comm, port, None, n, at_ms));
+            self.update(Duration::from_millis(at_ms), vec![]);
+        }
+
+        fn count(&self, comm: &str, port: u16, errno: Option<&str>) -> u64 {
+            let same = |o: &&Counted| &*o.comm == comm && o.dst_port == port && o.errno.as_deref() == errno;
+            self.outcomes.iter().find(same).map_or(0, |o| o.count)
+        }
+
+        fn set(&mut self, c: Counted) {
+            self.outcomes
+                .retain(|o| !(o.comm == c.comm && o.dst_port == c.dst_port && o.errno == c.errno));
+            self.outcomes.push(c);
+        }
+
+        fn update(&mut self, now: Duration, listeners: Vec<ListenerEvent>) {
+            let snap = Snapshot {
+                outcomes: self.outcomes.clone(),
+                inbound: vec![Inbound {
+                    netns: 0,
+                    local_addr: "127.0.0.1".parse().unwrap(),
+                    local_port: 8080,
+                    count: self.inbound,
+                }],
+                listeners,
+                ..Snapshot::default()
+            };
+            self.a.update(&snap, now);
+        }
+
+        fn listens(&mut self, port: u16, at: Duration) {
+            let ev = ListenerEvent::Started {
+                at,
+                netns: 0,
+                local: SocketAddr::from(([0, 0, 0, 0], port)),
+                owner: Process {
+                    tgid: 7,
+                    comm: "srv".into(),
+                    workload: "/".into(),
+                },
+            };
+            self.update(at, vec![ev]);
+        }
+
+        fn outcomes(&self, comm: &str) -> Vec<Outcome> {
+            let (_, t) = self.a.targets().find(|(id, _)| &*id.comm == comm).expect(comm);
+            t.history.iter().filter_map(|e| e.outcome).collect()
+        }
+    }
+
+    #[test]
+    fn a_client_whose_budget_is_shorter_than_the_boot_gave_up() {
+        let mut r = Run::new();
+        // curl --retry-connrefused --retry-max-time 3: tries at 0, 1 and 3 s.
+        r.refused("curl", 8080, &[0, 1000, 3000]);
+        // wget keeps trying every second and gets through once the server listens at 6 s.
+        r.refused("wget", 8080, &[0, 1000, 2000, 3000, 4000, 5000]);
+        r.listens(8080, s(6));
+        r.succeeded("wget", 8080, 6500);
+        // Silent for less than gave_up_after (30 s): it may still come back.
+        r.update(s(32), vec![]);
+        assert_eq!(r.outcomes("curl"), []);
+        r.update(s(33), vec![]);
+        let gave_up = Outcome::GaveUp {
+            retried: 3.0,
+            boot: 6.0,
+            listening: true,
+        };
+        assert_eq!(r.outcomes("curl"), [gave_up]);
+        assert_eq!(r.outcomes("wget"), [Outcome::ColdStart { seconds: 6.5 }]);
+        let id =
+            r.a.targets()
+                .map(|(id, _)| id.clone())
+                .find(|id| &*id.comm == "curl")
+                .unwrap();
+        assert_eq!(
+            r.a.explain(&id, &|_| String::new()).1,
+            "curl stopped retrying after 3s; :8080 started listening 6s after the first refusal: its retry budget \
+             is shorter than the boot"
+        );
+        let names: Vec<_> = r.a.episodes().map(|((id, o), n)| (&*id.comm, *o, *n)).collect();
+        assert_eq!(names, [("curl", "gave_up", 1), ("wget", "cold_start", 1)]);
+    }
+
+    #[test]
+    fn a_client_that_waits_long_between_retries_is_not_given_up_on() {
+        let mut r = Run::new();
+        // Retries every 20 s: silent 30 s is not enough, 40 s (twice its wait) is.
+        r.refused("slow", 8080, &[0, 20_000]);
+        r.listens(8080, s(25));
+        r.update(s(55), vec![]);
+        assert_eq!(r.outcomes("slow"), []);
+        r.succeeded("slow", 8080, 58_000);
+        assert_eq!(r.outcomes("slow"), [Outcome::ColdStart { seconds: 58.0 }]);
+    }
+
+    #[test]
+    fn another_client_getting_through_is_the_target_accepting() {
+        let mut r = Run::new();
+        r.refused("short", 8080, &[0, 2000]);
+        r.refused("long", 8080, &[0, 2000, 4000, 8000]);
+        r.succeeded("long", 8080, 9000);
+        r.update(s(40), vec![]);
+        let gave_up = Outcome::GaveUp {
+            retried: 2.0,
+            boot: 9.0,
+            listening: false,
+        };
+        assert_eq!(r.outcomes("short"), [gave_up]);
+    }
+
+    #[test]
+    fn advice_once_enough_cold_starts_were_seen() {
+        let mut r = Run::new();
+        for (i, boot) in [12u64, 20, 30, 45, 52].into_iter().enumerate() {
+            let t0 = i as u64 * 100_000;
+            r.refused("app", 9000, &[t0]);
+            r.succeeded("app", 9000, t0 + boot * 1000);
+            let seen = r.a.port_advice().get(&9000).map(|a| a.seen);
+            assert_eq!(seen, (i == 4).then_some(5), "after {} cold starts", i + 1);
+        }
+        let a = r.a.port_advice()[&9000];
+        assert_eq!(
+            (a.min, a.p50, a.p95, a.max, a.retry_for),
+            (12.0, 30.0, 52.0, 52.0, 60.0)
+        );
+        let id = r.a.targets().next().unwrap().0.clone();
+        assert_eq!(r.a.target_advice(&id).map(|a| a.seen), Some(5));
+    }
 }

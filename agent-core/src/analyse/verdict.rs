@@ -1,5 +1,5 @@
 //! Per-target refusal episodes and their verdicts (ARCHITECTURE.md, "Verdicts"): cold start, persistent,
-//! recovered, flapping. Pure and clock-injected: the caller passes monotonic time as a `Duration`,
+//! recovered, gave up, flapping. Pure and clock-injected: the caller passes monotonic time as a `Duration`,
 //! so every rule is testable without a kernel, a runtime or real waiting.
 
 use std::{
@@ -48,11 +48,43 @@ impl State {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    ColdStart { seconds: f64 },
-    Recovered { seconds: f64 },
+    ColdStart {
+        seconds: f64,
+    },
+    Recovered {
+        seconds: f64,
+    },
+    /// The client stopped `retried` seconds after its first refusal, without a success; the
+    /// target began accepting `boot` seconds after that first refusal (`listening`: a listener
+    /// appeared; else another client got through).
+    GaveUp {
+        retried: f64,
+        boot: f64,
+        listening: bool,
+    },
 }
 
-/// A run of refusals ended by the first success.
+impl Outcome {
+    /// The `outcome` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::ColdStart { .. } => "cold_start",
+            Outcome::Recovered { .. } => "recovered",
+            Outcome::GaveUp { .. } => "gave_up",
+        }
+    }
+
+    /// Seconds from the episode's first refusal to the end it records: the success, or the
+    /// last refusal of a client that gave up.
+    pub fn seconds(self) -> f64 {
+        match self {
+            Outcome::ColdStart { seconds } | Outcome::Recovered { seconds } => seconds,
+            Outcome::GaveUp { retried, .. } => retried,
+        }
+    }
+}
+
+/// A run of refusals ended by the first success, or by the client giving up.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Episode {
     #[serde(serialize_with = "ser_secs")]
@@ -61,6 +93,13 @@ pub struct Episode {
     pub ended: Option<Duration>,
     pub refused: u64,
     pub outcome: Option<Outcome>,
+    /// The last refusal so far.
+    #[serde(serialize_with = "ser_secs")]
+    pub last: Duration,
+    /// The longest time between two refusals seen (at the collection's resolution): how long
+    /// this client waits between retries, at most.
+    #[serde(skip)]
+    pub longest_gap: Duration,
 }
 
 /// Everything known about one target; `state` is current as of the last call that touched it.
@@ -81,6 +120,7 @@ pub struct Target {
     pub episodes_total: u64,
     pub cold_starts: u64,
     pub recoveries: u64,
+    pub gave_ups: u64,
     /// The open episode reached `persistent`: kept apart from `state`, which flapping may hide.
     #[serde(skip)]
     persistent: bool,
@@ -145,13 +185,19 @@ impl<K: Ord + Clone> Engine<K> {
         t.first_refusal = Some(t.first_refusal.map_or(at, |f| f.min(at)));
         t.last_refusal = Some(t.last_refusal.map_or(at, |l| l.max(at)));
         match &mut t.open {
-            Some(ep) => ep.refused = ep.refused.saturating_add(n),
+            Some(ep) => {
+                ep.refused = ep.refused.saturating_add(n);
+                ep.longest_gap = ep.longest_gap.max(at.saturating_sub(ep.last));
+                ep.last = ep.last.max(at);
+            }
             None => {
                 t.open = Some(Episode {
                     started: at,
                     ended: None,
                     refused: n,
                     outcome: None,
+                    last: at,
+                    longest_gap: Duration::ZERO,
                 });
                 t.persistent = false;
                 t.episodes_total += 1;
@@ -189,6 +235,32 @@ impl<K: Ord + Clone> Engine<K> {
         t.history.drain(..t.history.len().saturating_sub(HISTORY));
         t.advance(at, th);
         Some(outcome)
+    }
+
+    /// Ends `key`'s open episode at its last refusal: its client stopped retrying, while the
+    /// target began accepting at `accepting` (`listening`: a listener appeared). `now` advances
+    /// the rest of its state.
+    pub fn gave_up(&mut self, key: &K, now: Duration, accepting: Duration, listening: bool) -> Option<Outcome> {
+        let th = &self.thresholds;
+        let t = self.targets.get_mut(key)?;
+        let mut ep = t.open.take()?;
+        let since_first = |d: Duration| d.saturating_sub(ep.started).as_secs_f64();
+        let outcome = Outcome::GaveUp {
+            retried: since_first(ep.last),
+            boot: since_first(accepting),
+            listening,
+        };
+        t.gave_ups += 1;
+        (ep.ended, ep.outcome) = (Some(ep.last), Some(outcome));
+        t.history.push(ep);
+        t.history.drain(..t.history.len().saturating_sub(HISTORY));
+        t.advance(now, th);
+        Some(outcome)
+    }
+
+    /// Open episodes, for the rules that look across targets.
+    pub fn open(&self) -> impl Iterator<Item = (&K, &Episode)> {
+        self.targets.iter().filter_map(|(k, t)| Some((k, t.open.as_ref()?)))
     }
 
     /// Time-driven transitions at `now` (refusing → persistent, flapping ends as the window slides)
@@ -255,6 +327,12 @@ impl<K: Ord + Clone> Engine<K> {
                 let took = format_duration(e.ended.unwrap_or(e.started).saturating_sub(e.started));
                 let how = match e.outcome {
                     Some(Outcome::Recovered { .. }) => format!("recovered after {took} of refusals"),
+                    Some(Outcome::GaveUp { boot, .. }) => format!(
+                        "its client stopped retrying after {took}, {} before the target began accepting",
+                        format_duration(
+                            Duration::from_secs_f64(boot).saturating_sub(Duration::from_secs_f64(took_s(e)))
+                        )
+                    ),
                     _ => format!("a cold start that took {took}"),
                 };
                 let (n, ended) = (e.refused, e.ended.map_or("?".into(), ago));
@@ -279,6 +357,10 @@ pub fn format_duration(d: Duration) -> String {
         (h, 0, _) => format!("{h}h"),
         (h, m, _) => format!("{h}h{m}m"),
     }
+}
+
+fn took_s(e: &Episode) -> f64 {
+    e.ended.unwrap_or(e.started).saturating_sub(e.started).as_secs_f64()
 }
 
 fn times(n: u64) -> String {
@@ -312,9 +394,7 @@ mod tests {
         e.get(&k).map(|t| t.state)
     }
     fn secs(o: Outcome) -> f64 {
-        match o {
-            Outcome::ColdStart { seconds } | Outcome::Recovered { seconds } => seconds,
-        }
+        o.seconds()
     }
 
     #[test]
@@ -332,6 +412,33 @@ mod tests {
         assert_eq!(
             (counts, t.last_success, e.watched().count()),
             ((State::Ok, 1, 1, 0), Some(ms(6000)), 0)
+        );
+    }
+
+    #[test]
+    fn a_client_that_gave_up_ends_its_episode_at_its_last_refusal() {
+        let mut e = engine();
+        for at in [0, 1000, 3000] {
+            e.refused(&1, ms(at), 1);
+        }
+        let ep = e.open().next().map(|(_, ep)| ep.clone()).expect("open");
+        assert_eq!((ep.last, ep.longest_gap), (s(3), s(2)));
+        let o = e.gave_up(&1, s(10), s(6), true);
+        assert_eq!(
+            o,
+            Some(Outcome::GaveUp {
+                retried: 3.0,
+                boot: 6.0,
+                listening: true
+            })
+        );
+        assert_eq!(e.gave_up(&1, s(11), s(6), true), None, "no open episode");
+        let t = e.get(&1).unwrap();
+        assert_eq!((t.state, t.gave_ups, t.history[0].ended), (State::Ok, 1, Some(s(3))));
+        assert_eq!(
+            e.explain(&1, s(10)).unwrap(),
+            "accepting: the last episode (3 refused) ended 7s ago, its client stopped retrying after 3s, 3s before \
+             the target began accepting"
         );
     }
 
@@ -467,9 +574,9 @@ mod tests {
     }
 
     proptest! {
-        /// Ops are (kind: 0 refused, 1 succeeded, 2 tick; key; n; clock step in ms).
+        /// Ops are (kind: 0 refused, 1 succeeded, 2 tick, 3 gave up; key; n; clock step in ms).
         #[test]
-        fn invariants_hold(ops in prop::collection::vec((0..3u8, 0..3u8, 0..4u64, steps()), 0..200)) {
+        fn invariants_hold(ops in prop::collection::vec((0..4u8, 0..3u8, 0..4u64, steps()), 0..200)) {
             let mut th = Thresholds::default();
             (th.cold_start_max, th.persistent_after, th.flap_window, th.forget_after) = (s(10), s(20), s(300), s(600));
             let mut e = Engine::new(th.clone());
@@ -483,7 +590,8 @@ mod tests {
                 match kind {
                     0 => e.refused(&k, now, n),
                     1 => prop_assert!(e.succeeded(&k, now, n).is_none_or(|o| secs(o) >= 0.0)),
-                    _ => {
+                    3 => prop_assert!(e.gave_up(&k, now, now, n % 2 == 0).is_none_or(|o| secs(o) >= 0.0)),
+                    2 => {
                         e.tick(now);
                         starts.retain(|k, _| e.get(k).is_some());
                         for (k, t) in e.iter() {
@@ -495,9 +603,13 @@ mod tests {
                             }
                         }
                     }
+                    _ => unreachable!(),
                 }
                 for (k, t) in e.iter() {
-                    prop_assert_eq!(t.cold_starts + t.recoveries + u64::from(t.open.is_some()), t.episodes_total);
+                    prop_assert_eq!(
+                        t.cold_starts + t.recoveries + t.gave_ups + u64::from(t.open.is_some()),
+                        t.episodes_total
+                    );
                     prop_assert!(t.history.len() <= HISTORY && t.starts.len() <= 3);
                     prop_assert_eq!(e.watched().any(|w| w == k), t.open.is_some());
                     let open_ok = |o: &Episode| o.refused > 0 && o.ended.is_none() && o.outcome.is_none();

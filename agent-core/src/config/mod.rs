@@ -46,6 +46,17 @@ pub struct Config {
     /// stays bounded). Default `1h`.
     #[serde(deserialize_with = "duration")]
     pub forget_after: Duration,
+    /// A client whose episode is open, silent this long (or twice its longest wait between
+    /// retries, if longer) while its target began accepting within `cold_start_max` of its last
+    /// refusal, gave up: its retry budget was shorter than the boot. Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub gave_up_after: Duration,
+    /// Cold starts older than this no longer count toward retry advice. Default `24h`.
+    #[serde(deserialize_with = "duration")]
+    pub advice_window: Duration,
+    /// Cold starts needed within `advice_window` before a target or port gets retry advice.
+    /// Default `5`.
+    pub advice_min_cold_starts: usize,
     /// Series per metric before new label sets fold into `other`. Default `10000`.
     pub max_series: usize,
     /// `text` or `json`. Default `text`.
@@ -83,6 +94,9 @@ impl Default for Config {
             flap_episodes: t.flap_episodes,
             flap_window: t.flap_window,
             forget_after: t.forget_after,
+            gave_up_after: t.gave_up_after,
+            advice_window: t.advice_window,
+            advice_min_cold_starts: t.advice_min_cold_starts,
             max_series: 10_000,
             log_format: LogFormat::Text,
             attach: AttachMode::Auto,
@@ -119,6 +133,9 @@ impl Config {
             flap_episodes: self.flap_episodes,
             flap_window: self.flap_window,
             forget_after: self.forget_after,
+            gave_up_after: self.gave_up_after,
+            advice_window: self.advice_window,
+            advice_min_cold_starts: self.advice_min_cold_starts,
         }
     }
 
@@ -138,6 +155,14 @@ impl Config {
         positive("persistent_after", self.persistent_after)?;
         positive("flap_window", self.flap_window)?;
         positive("forget_after", self.forget_after)?;
+        positive("gave_up_after", self.gave_up_after)?;
+        positive("advice_window", self.advice_window)?;
+        if self.advice_min_cold_starts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "advice_min_cold_starts",
+                message: "must be at least 1".into(),
+            });
+        }
         if self.min_attempts == 0 {
             return Err(ConfigError::Invalid {
                 key: "min_attempts",
@@ -183,6 +208,11 @@ pub struct Thresholds {
     pub flap_window: Duration,
     /// Idle targets (no refusal, no success, no open episode younger than this) are dropped.
     pub forget_after: Duration,
+    /// Silence after which a client whose target began accepting gave up.
+    pub gave_up_after: Duration,
+    /// The window of cold starts retry advice is made from, and how many it needs.
+    pub advice_window: Duration,
+    pub advice_min_cold_starts: usize,
 }
 
 impl Default for Thresholds {
@@ -194,6 +224,9 @@ impl Default for Thresholds {
             flap_episodes: 3,
             flap_window: Duration::from_secs(15 * 60),
             forget_after: Duration::from_secs(3600),
+            gave_up_after: Duration::from_secs(30),
+            advice_window: Duration::from_secs(24 * 3600),
+            advice_min_cold_starts: 5,
         }
     }
 }
@@ -295,6 +328,9 @@ mod tests {
         assert_eq!(c.flap_window, Duration::from_secs(900));
         assert_eq!(c.max_series, 10_000);
         assert_eq!(c.attach, AttachMode::Auto);
+        assert_eq!(c.gave_up_after, Duration::from_secs(30));
+        assert_eq!(c.advice_window, Duration::from_secs(86_400));
+        assert_eq!(c.advice_min_cold_starts, 5);
         assert_eq!(Config::from_toml("").unwrap(), c);
         c.validate().unwrap();
     }

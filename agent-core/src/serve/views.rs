@@ -1,6 +1,6 @@
 //! `/api/targets`: each target with its state, counts, times, diagnosis and a sentence a person
 //! can read, and the recent inbound refusals, both with the listener history of the port where
-//! this host refused. [`TargetView`] is what the daemon serves; [`Target`] is what
+//! this host refused; retry advice per target and per destination port. [`TargetView`] is what the daemon serves; [`Target`] is what
 //! `refusal-agent status` reads back.
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     analyse::{
+        advice::Advice,
         analysis::Analysis,
         listeners::{Cause, Finding, Listener, Lost},
         verdict::{Outcome, State},
@@ -106,12 +107,40 @@ pub struct TargetView {
     pub episodes_total: u64,
     pub cold_starts: u64,
     pub recoveries: u64,
+    pub gave_ups: u64,
     pub open_episode: Option<EpisodeView>,
     pub recent_outcomes: Vec<Outcome>,
     pub diagnosis: Option<&'static str>,
     pub explanation: String,
     /// Where this host refused the target: its listener history.
     pub listener: Option<ListenerView>,
+    /// How long to retry, from this target's cold starts, once enough were seen.
+    pub advice: Option<AdviceView>,
+}
+
+/// Retry advice from cold starts: seconds, and a sentence.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdviceView {
+    #[serde(flatten)]
+    pub advice: Advice,
+    /// The window the cold starts were seen in, seconds.
+    pub window: f64,
+    pub sentence: String,
+}
+
+/// Retry advice for a destination port, from every client's cold starts to it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortAdviceView {
+    pub dst_port: u16,
+    #[serde(flatten)]
+    pub advice: AdviceView,
+}
+
+/// One destination port's advice as `status` reads it back.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PortAdvice {
+    pub dst_port: u16,
+    pub sentence: String,
 }
 
 /// A target as `status` reads it back from `/api/targets`.
@@ -128,6 +157,14 @@ pub struct Target {
     pub last_refusal: Option<f64>,
     pub diagnosis: Option<String>,
     pub explanation: String,
+}
+
+fn advice_view(advice: Advice, what: &str, window: Duration) -> AdviceView {
+    AdviceView {
+        advice,
+        window: window.as_secs_f64(),
+        sentence: advice.sentence(what, window),
+    }
 }
 
 /// Monotonic times as Unix times and times of day.
@@ -198,6 +235,7 @@ pub fn targets(analysis: &Analysis, realtime_offset: f64) -> Vec<TargetView> {
                 episodes_total: t.episodes_total,
                 cold_starts: t.cold_starts,
                 recoveries: t.recoveries,
+                gave_ups: t.gave_ups,
                 open_episode: t.open.as_ref().map(|e| EpisodeView {
                     started: clock.unix(e.started),
                     refused: e.refused,
@@ -206,6 +244,9 @@ pub fn targets(analysis: &Analysis, realtime_offset: f64) -> Vec<TargetView> {
                 diagnosis,
                 explanation,
                 listener: (analysis.refused_in(local)).map(|ns| listener_view(analysis, &clock, ns, id.dst_port)),
+                advice: analysis
+                    .target_advice(id)
+                    .map(|a| advice_view(a, &local.to_string(), analysis.thresholds().advice_window)),
             }
         })
         .collect()
@@ -240,10 +281,22 @@ pub fn inbound(analysis: &Analysis, realtime_offset: f64) -> Vec<InboundView> {
         .collect()
 }
 
+/// Retry advice per destination port, for the ports with enough cold starts.
+pub fn ports(analysis: &Analysis) -> Vec<PortAdviceView> {
+    let window = analysis.thresholds().advice_window;
+    (analysis.port_advice().into_iter())
+        .map(|(port, a)| PortAdviceView {
+            dst_port: port,
+            advice: advice_view(a, &format!(":{port}"), window),
+        })
+        .collect()
+}
+
 /// The whole `/api/targets` document.
 pub fn document(analysis: &Analysis, realtime_offset: f64) -> serde_json::Value {
     serde_json::json!({
         "targets": targets(analysis, realtime_offset),
         "inbound": inbound(analysis, realtime_offset),
+        "ports": ports(analysis),
     })
 }
