@@ -64,33 +64,26 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     out
 }
 
-/// `expr:` values of a rules file, single-line or block (`expr: |`).
+/// The alert or record name and the `expr` of every rule in a rules file, each expression on
+/// one line.
 fn rule_exprs(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    let mut name = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        let t = line.trim_start();
-        if let Some(n) = t.strip_prefix("- alert:").or_else(|| t.strip_prefix("- record:")) {
-            name = n.trim().to_string();
-        }
-        let Some(v) = t.strip_prefix("expr:") else { continue };
-        let v = v.trim();
-        let expr = if v == "|" || v == ">" || v == "|-" || v == ">-" {
-            let indent = line.len() - t.len();
-            lines[i + 1..]
-                .iter()
-                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-                .map(|l| l.trim())
-                .collect::<Vec<_>>()
-                .join(" ")
-        } else {
-            v.trim_matches(['\'', '"']).to_string()
-        };
-        out.push((format!("{}: {name}", path.file_name().unwrap().to_string_lossy()), expr));
-    }
-    out
+    let file = path.file_name().unwrap().to_string_lossy();
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rules = doc["groups"].as_array().into_iter().flatten();
+    rules
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .map(|r| {
+            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or_default();
+            let expr = r["expr"].as_str().unwrap_or_default();
+            let line = expr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>();
+            (format!("{file}: {name}"), line.join(" "))
+        })
+        .collect()
 }
 
 /// An alert's expression is a query compared to a threshold; the query itself must have data
