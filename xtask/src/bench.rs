@@ -10,8 +10,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use testkit::value;
 
-use crate::{root, value};
+use crate::root;
 
 mod share;
 
