@@ -114,13 +114,22 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
     programs
 }
 
-/// Traffic per run (`guest-init.sh` makes it, on ports base + 1…8).
+/// Traffic per run: `guest-init.sh` makes it on ports base + 1…8, with these counts, which it
+/// reads from the kernel command line (`ra.<name>=<count>`).
 const REFUSED_V4: f64 = 200.0;
 const REFUSED_V6: f64 = 50.0;
 const RESETS: f64 = 50.0;
 const ELSEWHERE: f64 = 20.0;
 const UDP_REFUSED: f64 = 30.0;
 const NO_ROUTE: f64 = 10.0;
+const TRAFFIC: [(&str, f64); 6] = [
+    ("refused_v4", REFUSED_V4),
+    ("refused_v6", REFUSED_V6),
+    ("resets", RESETS),
+    ("elsewhere", ELSEWHERE),
+    ("udp", UDP_REFUSED),
+    ("noroute", NO_ROUTE),
+];
 /// A guest takes about 4 minutes (TCG, debug build, both kernels at once); past this it hangs.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(540);
 const README_BEGIN: &str = "<!-- test-kernels: begin -->";
@@ -342,7 +351,8 @@ fn initramfs(image: &Path, bins: &Path, out: &Path) -> Result<()> {
 }
 
 fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Child> {
-    let append = format!("console=ttyS0 panic=-1 quiet ra.modes={}", MODES.join(","));
+    let traffic: String = TRAFFIC.iter().map(|(name, n)| format!(" ra.{name}={n}")).collect();
+    let append = format!("console=ttyS0 panic=-1 quiet ra.modes={}{traffic}", MODES.join(","));
     Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "1"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
