@@ -8,17 +8,16 @@
 //! tests that fire and that do not; the deploy files agree with each other. Then, when `promtool`
 //! is on PATH, `promtool check rules` and `promtool test rules` (missing promtool fails under
 //! CI=true and is skipped loudly otherwise).
-//!
-//! std and serde_json only: the YAML files are read with the small parser at the bottom, which
-//! takes the block-style subset these files use and refuses anything else by line number.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
 };
 
+use serde::Deserialize as _;
 use serde_json::{Value, json};
+use testkit::{ci, which, workspace_root as root};
 
 /// DESIGN.md's metrics and their labels (the histogram as its three series).
 const METRICS: &[(&str, &[&str])] = &[
@@ -106,16 +105,24 @@ const BUILTIN_VARS: &[&str] = &[
     "__range_ms",
 ];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
 fn read(rel: &str) -> String {
     let p = root().join(rel);
     fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// The documents of a YAML file (`---` between them), as JSON values.
+fn yaml_docs(text: &str, file: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// A YAML file of one document.
+fn yaml_one(text: &str, file: &str) -> Value {
+    let mut docs = yaml_docs(text, file);
+    assert_eq!(docs.len(), 1, "{file}: expected one YAML document");
+    docs.remove(0)
 }
 
 fn ds() -> Value {
@@ -526,7 +533,7 @@ struct Rule {
 fn rules() -> Vec<Rule> {
     let mut out = Vec::new();
     for file in RULE_FILES {
-        let doc = yaml::parse_one(&read(file), file);
+        let doc = yaml_one(&read(file), file);
         let groups = doc["groups"].as_array().unwrap_or_else(|| panic!("{file}: no groups"));
         for g in groups {
             for r in g["rules"]
@@ -658,7 +665,7 @@ fn rule_test_files() -> Vec<(String, Value)> {
         .into_iter()
         .map(|p| {
             let rel = p.strip_prefix(root()).expect("under root").display().to_string();
-            let doc = yaml::parse_one(&fs::read_to_string(&p).expect("rule test file"), &rel);
+            let doc = yaml_one(&fs::read_to_string(&p).expect("rule test file"), &rel);
             (rel, doc)
         })
         .collect()
@@ -879,7 +886,7 @@ fn prometheus_rule_matches_rule_files() {
         "deploy/kubernetes/prometheusrule.yaml is out of date with dashboards/rules/*.yml: regenerate it \
          with the command at its top"
     );
-    let doc = yaml::parse_docs(&pr, "deploy/kubernetes/prometheusrule.yaml");
+    let doc = yaml_docs(&pr, "deploy/kubernetes/prometheusrule.yaml");
     assert_eq!(doc.len(), 1);
     assert_eq!(doc[0]["kind"], "PrometheusRule");
 }
@@ -956,7 +963,7 @@ fn deploy_files_agree() {
     }
 
     // Kubernetes: same capabilities, host namespaces, probes, mounts, annotations.
-    let docs = yaml::parse_docs(
+    let docs = yaml_docs(
         &read("deploy/kubernetes/daemonset.yaml"),
         "deploy/kubernetes/daemonset.yaml",
     );
@@ -1033,7 +1040,7 @@ fn deploy_files_agree() {
         }
     }
 
-    let sm = yaml::parse_docs(
+    let sm = yaml_docs(
         &read("deploy/kubernetes/servicemonitor.yaml"),
         "deploy/kubernetes/servicemonitor.yaml",
     );
@@ -1051,34 +1058,25 @@ fn deploy_files_agree() {
     assert_eq!(mon["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
 
     // Grafana provisioning.
-    let prov = yaml::parse_one(&read("dashboards/provisioning/dashboards.yaml"), "dashboards.yaml");
+    let prov = yaml_one(&read("dashboards/provisioning/dashboards.yaml"), "dashboards.yaml");
     assert_eq!(prov["providers"][0]["type"], "file");
     assert!(prov["providers"][0]["options"]["path"].is_string());
-    let dsy = yaml::parse_one(&read("dashboards/provisioning/datasource.yaml"), "datasource.yaml");
+    let dsy = yaml_one(&read("dashboards/provisioning/datasource.yaml"), "datasource.yaml");
     assert_eq!(dsy["datasources"][0]["type"], "prometheus");
 
     // The scrape config keeps the job name the alerts select.
-    let scrape = yaml::parse_one(&read("deploy/prometheus-scrape.yml"), "deploy/prometheus-scrape.yml");
+    let scrape = yaml_one(&read("deploy/prometheus-scrape.yml"), "deploy/prometheus-scrape.yml");
     assert_eq!(scrape["scrape_configs"][0]["job_name"], "refusal-agent");
 }
 
 // ------------------------------------------------------------------------------------------------
 // promtool
 
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(prog))
-            .find(|p| p.is_file())
-    })
-}
-
 #[test]
 fn promtool_checks_and_tests_the_rules() {
     let Some(promtool) = which("promtool") else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
+        assert!(
+            !ci(),
             "promtool is not on PATH (Debian package `prometheus`; `cargo xtask test` installs it)"
         );
         eprintln!(
@@ -1107,373 +1105,5 @@ fn promtool_checks_and_tests_the_rules() {
     run(&check);
     for (file, _) in rule_test_files() {
         run(&["test", "rules", file.as_str()]);
-    }
-}
-
-// ------------------------------------------------------------------------------------------------
-
-/// A reader for the block-style YAML subset of these files: mappings, sequences, plain / single- /
-/// double-quoted scalars, `|`/`>` block scalars, `[]`/`{}` flow collections on one line, comments,
-/// and `---` between documents. Anything else (anchors, multi-line flow or quoted scalars) is an
-/// error naming the line, rather than a silent misreading.
-mod yaml {
-    use serde_json::{Map, Number, Value};
-
-    struct Line {
-        no: usize,
-        indent: usize,
-        /// Without comment, trimmed; empty for blank and comment-only lines.
-        text: String,
-        raw: String,
-    }
-
-    pub fn parse_one(src: &str, file: &str) -> Value {
-        let mut docs = parse_docs(src, file);
-        assert_eq!(docs.len(), 1, "{file}: expected one YAML document");
-        docs.remove(0)
-    }
-
-    pub fn parse_docs(src: &str, file: &str) -> Vec<Value> {
-        let mut docs = Vec::new();
-        let mut cur: Vec<Line> = Vec::new();
-        for (i, raw) in src.lines().enumerate() {
-            if raw.trim_end() == "---" {
-                docs.push(std::mem::take(&mut cur));
-                continue;
-            }
-            let indent = raw.len() - raw.trim_start_matches(' ').len();
-            assert!(!raw[indent..].starts_with('\t'), "{file}:{}: tab indentation", i + 1);
-            cur.push(Line {
-                no: i + 1,
-                indent,
-                text: strip_comment(raw).trim().to_string(),
-                raw: raw.to_string(),
-            });
-        }
-        docs.push(cur);
-        docs.into_iter()
-            .filter(|d| d.iter().any(|l| !l.text.is_empty()))
-            .map(|lines| {
-                let mut p = Parser { lines, pos: 0, file };
-                p.skip_blank();
-                let indent = p.lines[p.pos].indent;
-                let v = p.node(indent);
-                p.skip_blank();
-                if p.pos < p.lines.len() {
-                    panic!("{file}:{}: unexpected content (indentation?)", p.lines[p.pos].no);
-                }
-                v
-            })
-            .collect()
-    }
-
-    fn strip_comment(s: &str) -> &str {
-        let (mut single, mut double, mut escaped) = (false, false, false);
-        let mut prev = ' ';
-        for (i, c) in s.char_indices() {
-            if double {
-                if escaped {
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == '"' {
-                    double = false;
-                }
-            } else if single {
-                if c == '\'' {
-                    single = false;
-                }
-            } else if c == '"' {
-                double = true;
-            } else if c == '\'' && (prev == ' ' || prev == ':' || prev == '[' || prev == ',' || prev == '-') {
-                single = true;
-            } else if c == '#' && prev.is_whitespace() {
-                return &s[..i];
-            }
-            prev = c;
-        }
-        s
-    }
-
-    struct Parser<'a> {
-        lines: Vec<Line>,
-        pos: usize,
-        file: &'a str,
-    }
-
-    fn is_item(t: &str) -> bool {
-        t == "-" || t.starts_with("- ")
-    }
-
-    impl Parser<'_> {
-        fn skip_blank(&mut self) {
-            while self.pos < self.lines.len() && self.lines[self.pos].text.is_empty() {
-                self.pos += 1;
-            }
-        }
-
-        fn err(&self, msg: &str) -> ! {
-            let no = self.lines.get(self.pos).map_or(0, |l| l.no);
-            panic!("{}:{no}: {msg}", self.file)
-        }
-
-        fn node(&mut self, indent: usize) -> Value {
-            self.skip_blank();
-            if self.pos >= self.lines.len() {
-                return Value::Null;
-            }
-            let text = self.lines[self.pos].text.clone();
-            if is_item(&text) {
-                self.seq(indent)
-            } else if split_key(&text).is_some() {
-                self.map(indent)
-            } else {
-                self.pos += 1;
-                scalar(&text).unwrap_or_else(|m| self.err(&m))
-            }
-        }
-
-        fn seq(&mut self, indent: usize) -> Value {
-            let mut items = Vec::new();
-            loop {
-                self.skip_blank();
-                if self.pos >= self.lines.len() {
-                    break;
-                }
-                let l = &self.lines[self.pos];
-                if l.indent != indent || !is_item(&l.text) {
-                    break;
-                }
-                if l.text == "-" {
-                    self.pos += 1;
-                    self.skip_blank();
-                    let child = self.lines.get(self.pos).map_or(0, |l| l.indent);
-                    items.push(if child > indent { self.node(child) } else { Value::Null });
-                } else {
-                    let rest = l.text[1..].trim_start().to_string();
-                    let off = l.text.len() - rest.len();
-                    let l = &mut self.lines[self.pos];
-                    l.indent = indent + off;
-                    l.text = rest;
-                    items.push(self.node(indent + off));
-                }
-            }
-            Value::Array(items)
-        }
-
-        fn map(&mut self, indent: usize) -> Value {
-            let mut m = Map::new();
-            loop {
-                self.skip_blank();
-                if self.pos >= self.lines.len() {
-                    break;
-                }
-                let l = &self.lines[self.pos];
-                if l.indent != indent || is_item(&l.text) {
-                    if l.indent > indent {
-                        self.err("unexpected indentation");
-                    }
-                    break;
-                }
-                let Some((k, v)) = split_key(&l.text) else {
-                    self.err("expected `key: value`")
-                };
-                if m.contains_key(&k) {
-                    self.err(&format!("duplicate key {k}"));
-                }
-                self.pos += 1;
-                let val = if v.is_empty() {
-                    self.skip_blank();
-                    match self.lines.get(self.pos) {
-                        Some(n) if n.indent > indent || (n.indent == indent && is_item(&n.text)) => {
-                            let i = n.indent;
-                            self.node(i)
-                        }
-                        _ => Value::Null,
-                    }
-                } else if v.starts_with('|') || v.starts_with('>') {
-                    self.block(indent, &v)
-                } else if v.starts_with('&') || v.starts_with('*') || v.starts_with('!') {
-                    self.err("anchors, aliases and tags are not supported")
-                } else {
-                    scalar(&v).unwrap_or_else(|e| self.err(&e))
-                };
-                m.insert(k, val);
-            }
-            Value::Object(m)
-        }
-
-        fn block(&mut self, parent: usize, header: &str) -> Value {
-            let folded = header.starts_with('>');
-            let strip = header.contains('-');
-            let mut raw = Vec::new();
-            while self.pos < self.lines.len() {
-                let l = &self.lines[self.pos];
-                let blank = l.raw.trim().is_empty();
-                if !blank && l.indent <= parent {
-                    break;
-                }
-                raw.push(l.raw.clone());
-                self.pos += 1;
-            }
-            while raw.last().is_some_and(|l| l.trim().is_empty()) {
-                raw.pop();
-            }
-            let ind = raw
-                .iter()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| l.len() - l.trim_start().len())
-                .min()
-                .unwrap_or(0);
-            let body: Vec<&str> = raw
-                .iter()
-                .map(|l| if l.len() >= ind { &l[ind..] } else { "" })
-                .collect();
-            let mut s = if folded { body.join(" ") } else { body.join("\n") };
-            if !strip {
-                s.push('\n');
-            }
-            Value::String(s)
-        }
-    }
-
-    /// `key: value` → (key, value); None when the line is not a mapping entry.
-    fn split_key(t: &str) -> Option<(String, String)> {
-        let b = t.as_bytes();
-        let (mut single, mut double) = (false, false);
-        for i in 0..b.len() {
-            match b[i] {
-                b'"' if !single && (i == 0 || b[i - 1] != b'\\') => double = !double,
-                b'\'' if !double => single = !single,
-                b':' if !single && !double && (i + 1 == b.len() || b[i + 1] == b' ') => {
-                    let k = t[..i].trim();
-                    if k.is_empty() || k.starts_with('[') || k.starts_with('{') {
-                        return None;
-                    }
-                    let k = scalar(k).ok()?;
-                    let k = match k {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    return Some((k, t[i + 1..].trim().to_string()));
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-
-    fn scalar(t: &str) -> Result<Value, String> {
-        let t = t.trim();
-        if let Some(rest) = t.strip_prefix('"') {
-            let mut s = String::new();
-            let mut chars = rest.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => match chars.next() {
-                        Some('n') => s.push('\n'),
-                        Some('t') => s.push('\t'),
-                        Some(c) => s.push(c),
-                        None => return Err("unterminated escape".into()),
-                    },
-                    '"' => {
-                        return if chars.as_str().trim().is_empty() {
-                            Ok(Value::String(s))
-                        } else {
-                            Err(format!("text after a quoted scalar: {t}"))
-                        };
-                    }
-                    c => s.push(c),
-                }
-            }
-            return Err(format!(
-                "unterminated double-quoted scalar (multi-line scalars are not supported): {t}"
-            ));
-        }
-        if let Some(rest) = t.strip_prefix('\'') {
-            let Some(inner) = rest.strip_suffix('\'') else {
-                return Err(format!("unterminated single-quoted scalar: {t}"));
-            };
-            return Ok(Value::String(inner.replace("''", "'")));
-        }
-        if let Some(inner) = t.strip_prefix('[') {
-            let inner = inner
-                .strip_suffix(']')
-                .ok_or_else(|| format!("multi-line flow sequence: {t}"))?;
-            return split_flow(inner)
-                .into_iter()
-                .map(|i| scalar(&i))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Value::Array);
-        }
-        if let Some(inner) = t.strip_prefix('{') {
-            let inner = inner
-                .strip_suffix('}')
-                .ok_or_else(|| format!("multi-line flow mapping: {t}"))?;
-            let mut m = Map::new();
-            for entry in split_flow(inner) {
-                let (k, v) = split_key(&entry).ok_or_else(|| format!("flow mapping entry {entry:?}"))?;
-                m.insert(k, scalar(&v)?);
-            }
-            return Ok(Value::Object(m));
-        }
-        Ok(match t {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            "null" | "~" => Value::Null,
-            _ if t.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
-                && t.chars()
-                    .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')) =>
-            {
-                if let Ok(i) = t.parse::<i64>() {
-                    Value::Number(i.into())
-                } else if let Some(n) = t.parse::<f64>().ok().and_then(Number::from_f64) {
-                    Value::Number(n)
-                } else {
-                    Value::String(t.to_string())
-                }
-            }
-            _ => Value::String(t.to_string()),
-        })
-    }
-
-    fn split_flow(inner: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        let (mut single, mut double, mut depth) = (false, false, 0);
-        for c in inner.chars() {
-            match c {
-                '"' if !single => double = !double,
-                '\'' if !double => single = !single,
-                '[' | '{' if !single && !double => depth += 1,
-                ']' | '}' if !single && !double => depth -= 1,
-                ',' if !single && !double && depth == 0 => {
-                    out.push(std::mem::take(&mut cur).trim().to_string());
-                    continue;
-                }
-                _ => {}
-            }
-            cur.push(c);
-        }
-        if !cur.trim().is_empty() {
-            out.push(cur.trim().to_string());
-        }
-        out
-    }
-
-    #[test]
-    fn reads_the_subset() {
-        let v = parse_one(
-            "a: 1\nb: \"x: # y\" # comment\nc:\n  - d: 'it''s'\n    e: [1, \"two\", x]\n  -\n    f: {}\ng: |\n  line 1\n  # not a comment\nh:\n- 2\n",
-            "t",
-        );
-        assert_eq!(v["a"], 1);
-        assert_eq!(v["b"], "x: # y");
-        assert_eq!(v["c"][0]["d"], "it's");
-        assert_eq!(v["c"][0]["e"], serde_json::json!([1, "two", "x"]));
-        assert_eq!(v["c"][1]["f"], serde_json::json!({}));
-        assert_eq!(v["g"], "line 1\n# not a comment\n");
-        assert_eq!(v["h"], serde_json::json!([2]));
-        assert_eq!(parse_docs("---\nkind: A\n---\nkind: B\n", "t").len(), 2);
     }
 }

@@ -1,24 +1,22 @@
 //! Abuse of the label space: a port scan and a flood of destinations keep series and memory
 //! bounded while totals stay exact. Alone in its own test binary: every daemon sees every
 //! connect on the host, so a flood would fold other tests' series too.
-mod common;
-
 use std::{net::TcpStream, time::Duration};
 
-use common::*;
+use testkit::{
+    Daemon, as_comm, closed_port,
+    metrics::{EVENTS_DROPPED, FAILURES, INBOUND_REFUSED, SERIES_OVERFLOW},
+    privileged, series, value,
+};
 
-const FAILURES: &str = "refusal_connect_failures_total";
-
-fn series(text: &str, name: &str) -> usize {
-    text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).count()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 #[test]
 fn port_scan_and_destination_flood_stay_bounded_and_exact() {
     if !privileged("port_scan_and_destination_flood_stay_bounded_and_exact") {
         return;
     }
-    let d = Daemon::start(&["--max-series", "10000"]);
+    let d = Daemon::start(BIN, &["--max-series", "10000"]);
     let (scanned, flooded) = as_comm("scanner", || {
         // Every port of 127.0.0.1: the ones that accept (this daemon's own, and whatever else
         // listens) do not count as refusals.
@@ -48,16 +46,10 @@ fn port_scan_and_destination_flood_stay_bounded_and_exact() {
     // Folding: at most max_series label sets of their own, plus the `other` ones.
     let failures = series(&m, FAILURES);
     assert!(failures <= 10_000 + 3, "{failures} failure series");
-    assert!(value(&m, "refusal_agent_series_overflow_total", &[("metric", FAILURES)]) > 0.0);
+    assert!(value(&m, SERIES_OVERFLOW, &[("metric", FAILURES)]) > 0.0);
     // The kernel's own map (16,384 targets) overflowed too, and said so.
-    assert!(
-        value(
-            &m,
-            "refusal_agent_events_dropped_total",
-            &[("where", "target_map_full")]
-        ) > 0.0
-    );
-    let inbound = series(&m, "refusal_inbound_refused_total");
+    assert!(value(&m, EVENTS_DROPPED, &[("where", "target_map_full")]) > 0.0);
+    let inbound = series(&m, INBOUND_REFUSED);
     assert!(inbound <= 10_000 + 1, "{inbound} inbound series");
     let rss_kib = d.rss_kib();
     eprintln!(

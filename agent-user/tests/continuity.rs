@@ -1,8 +1,6 @@
 //! Restart continuity and least privilege, against the real daemon and kernel: pinned maps and
 //! links count through a SIGKILL and a planned restart with not one refusal lost or doubled, one
 //! daemon per pin directory, and after attaching the daemon keeps only the capabilities it needs.
-mod common;
-
 use std::{
     net::TcpStream,
     path::PathBuf,
@@ -15,9 +13,12 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use testkit::{
+    Cgroup, Daemon, as_comm, closed_port, metrics::FAILURES, pin_dir, privileged, program_ids, programs_gone, value,
+    wait_value,
+};
 
-const FAILURES: &str = "refusal_connect_failures_total";
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 /// A pin directory the test shares between daemons, removed at the end (which detaches
 /// anything still pinned there).
@@ -120,7 +121,7 @@ fn sigkill_while_refusals_continue_then_restart_counts_every_one() {
     }
     let pins = Pins::new("sigkill");
     let port = closed_port();
-    let first = Daemon::start(&["--pin-dir", pins.arg()]);
+    let first = Daemon::start(BIN, &["--pin-dir", pins.arg()]);
     assert_eq!(maps_reused(&first.log()), 0);
     let refuser = Refuser::start("killedloop", port);
     refuser.wait_more(200);
@@ -129,7 +130,7 @@ fn sigkill_while_refusals_continue_then_restart_counts_every_one() {
     // The pinned programs count while no daemon runs.
     assert!(pins.links() > 0);
     refuser.wait_more(200);
-    let second = Daemon::start(&["--pin-dir", pins.arg()]);
+    let second = Daemon::start(BIN, &["--pin-dir", pins.arg()]);
     let pinned_maps = std::fs::read_dir(pins.0.join("maps")).unwrap().count();
     assert_eq!(maps_reused(&second.log()), pinned_maps);
     refuser.wait_more(200);
@@ -157,7 +158,7 @@ fn keep_pins_counts_across_a_planned_restart_and_a_plain_stop_detaches() {
     let port = closed_port();
     let port_s = port.to_string();
     let labels = [("comm", "plannedloop"), ("dst_port", port_s.as_str())];
-    let mut first = Daemon::start(&["--pin-dir", pins.arg(), "--keep-pins"]);
+    let mut first = Daemon::start(BIN, &["--pin-dir", pins.arg(), "--keep-pins"]);
     let first_programs = program_ids(first.pid());
     refuse("plannedloop", port, 50);
     assert_eq!(wait_value(&first, FAILURES, &labels, 50.0), 50.0);
@@ -165,7 +166,7 @@ fn keep_pins_counts_across_a_planned_restart_and_a_plain_stop_detaches() {
     assert_eq!(first.wait_exit(Duration::from_secs(2)), Some(0));
     assert_eq!(pins.links(), first_programs.len(), "every program stays attached");
     refuse("plannedloop", port, 40);
-    let mut second = Daemon::start(&["--pin-dir", pins.arg()]);
+    let mut second = Daemon::start(BIN, &["--pin-dir", pins.arg()]);
     let second_programs = program_ids(second.pid());
     // The predecessor's programs went when the new ones took over.
     assert!(programs_gone(&first_programs), "predecessor's programs left attached");
@@ -183,7 +184,7 @@ fn a_second_daemon_on_the_same_pins_exits_1_and_the_first_keeps_counting() {
         return;
     }
     let pins = Pins::new("busy");
-    let mut first = Daemon::start(&["--pin-dir", pins.arg()]);
+    let mut first = Daemon::start(BIN, &["--pin-dir", pins.arg()]);
     let out = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--pin-dir", pins.arg()])
         .output()
@@ -205,7 +206,7 @@ fn after_attaching_it_runs_as_the_user_with_two_capabilities_and_still_counts() 
         return;
     }
     let pins = Pins::new("user");
-    let mut d = Daemon::start(&["--pin-dir", pins.arg(), "--user", "nobody"]);
+    let mut d = Daemon::start(BIN, &["--pin-dir", pins.arg(), "--user", "nobody"]);
     let pid = d.pid();
     assert_eq!(status_field(pid, "Uid:"), "65534\t65534\t65534\t65534");
     assert_eq!(status_field(pid, "Gid:"), "65534\t65534\t65534\t65534");
@@ -240,7 +241,7 @@ fn without_user_it_stays_root_but_drops_every_other_capability() {
     if !privileged("without_user_it_stays_root_but_drops_every_other_capability") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     assert_eq!(status_field(d.pid(), "Uid:"), "0\t0\t0\t0");
     assert_eq!(status_field(d.pid(), "CapEff:"), "0000008000000004");
     assert_eq!(d.stop(), Some(0));

@@ -1,18 +1,20 @@
 //! The foundation slice end to end: the real daemon, real refused connects, a real scrape.
-mod common;
-
 use std::{net::TcpStream, process::Command, time::Duration};
 
-use common::*;
+use testkit::{
+    Daemon, closed_port, get, loaded_programs,
+    metrics::{BUILD_INFO, FAILURES, PROBE_ATTACHED},
+    pin_dir, privileged, program_ids, programs_gone, sh, value, wait_value,
+};
 
-const FAILURES: &str = "refusal_connect_failures_total";
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 #[test]
 fn curl_refusals_are_counted_exactly_and_attributed() {
     if !privileged("curl_refusals_are_counted_exactly_and_attributed") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let port = closed_port();
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "--connect-timeout", "2"])
@@ -39,7 +41,7 @@ fn own_client_refusals_ipv4_and_ipv6_with_comm() {
     if !privileged("own_client_refusals_ipv4_and_ipv6_with_comm") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let port = closed_port();
     std::thread::Builder::new()
         .name("refclient".into())
@@ -78,7 +80,7 @@ fn successful_connects_are_not_failures() {
     if !privileged("successful_connects_are_not_failures") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     for _ in 0..20 {
@@ -102,7 +104,7 @@ fn endpoints_and_self_metrics() {
     if !privileged("endpoints_and_self_metrics") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     assert_eq!(get(d.addr, "/healthz").unwrap(), (200, "ok\n".into()));
     assert_eq!(get(d.addr, "/readyz").unwrap().0, 200);
     assert_eq!(get(d.addr, "/nope").unwrap().0, 404);
@@ -111,7 +113,7 @@ fn endpoints_and_self_metrics() {
     assert_eq!(
         value(
             &m,
-            "refusal_agent_build_info",
+            BUILD_INFO,
             &[("kernel", kernel.trim()), ("version", env!("CARGO_PKG_VERSION"))]
         ),
         1.0
@@ -119,20 +121,9 @@ fn endpoints_and_self_metrics() {
     // Exactly one mode per hook is in use, and on this kernel it is tp_btf (fentry is refused
     // under lockdown, kprobes are absent).
     for hook in ["state", "connect"] {
-        assert_eq!(
-            value(&m, "refusal_agent_probe_attached", &[("hook", hook)]),
-            1.0,
-            "{hook}\n{m}"
-        );
+        assert_eq!(value(&m, PROBE_ATTACHED, &[("hook", hook)]), 1.0, "{hook}\n{m}");
     }
-    assert_eq!(
-        value(
-            &m,
-            "refusal_agent_probe_attached",
-            &[("hook", "state"), ("mode", "tp_btf")]
-        ),
-        1.0
-    );
+    assert_eq!(value(&m, PROBE_ATTACHED, &[("hook", "state"), ("mode", "tp_btf")]), 1.0);
     let log = d.log();
     assert!(log.contains("hook attached"), "{log}");
 }
@@ -142,23 +133,15 @@ fn forced_tracepoint_mode_counts_the_same() {
     if !privileged("forced_tracepoint_mode_counts_the_same") {
         return;
     }
-    let d = Daemon::start(&["--attach", "tracepoint"]);
+    let d = Daemon::start(BIN, &["--attach", "tracepoint"]);
     let m = d.metrics();
     assert_eq!(
-        value(
-            &m,
-            "refusal_agent_probe_attached",
-            &[("hook", "state"), ("mode", "tracepoint")]
-        ),
+        value(&m, PROBE_ATTACHED, &[("hook", "state"), ("mode", "tracepoint")]),
         1.0,
         "{m}"
     );
     assert_eq!(
-        value(
-            &m,
-            "refusal_agent_probe_attached",
-            &[("hook", "connect"), ("mode", "tracepoint")]
-        ),
+        value(&m, PROBE_ATTACHED, &[("hook", "connect"), ("mode", "tracepoint")]),
         1.0,
         "{m}"
     );
@@ -283,7 +266,7 @@ fn sigterm_exits_0_within_2s_and_leaves_no_program_behind() {
     if !privileged("sigterm_exits_0_within_2s_and_leaves_no_program_behind") {
         return;
     }
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(BIN, &[]);
     let ours = program_ids(d.pid());
     // The four programs attached on this kernel (state, error_report, send_reset,
     // receive_reset; connect_sync is opt-in); refused modes leave nothing loaded.

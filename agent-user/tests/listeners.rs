@@ -141,13 +141,21 @@ fn inbound(d: &Daemon, local: SocketAddr, want: &str) -> Value {
 /// The number of lost listeners on `port` with `cause`, once it reaches 1 (then exactly 1).
 fn lost(d: &Daemon, port: u16, cause: &str, after_reset: &str) -> f64 {
     let port = port.to_string();
-    let labels = [("local_port", port.as_str()), ("cause", cause), ("after_reset", after_reset)];
+    let labels = [
+        ("local_port", port.as_str()),
+        ("cause", cause),
+        ("after_reset", after_reset),
+    ];
     wait_value(d, LOST, &labels, 1.0)
 }
 
 fn diagnosis(d: &Daemon, local: SocketAddr, diagnosis: &str) -> f64 {
     let (addr, port) = (local.ip().to_string(), local.port().to_string());
-    let labels = [("local_addr", addr.as_str()), ("local_port", port.as_str()), ("diagnosis", diagnosis)];
+    let labels = [
+        ("local_addr", addr.as_str()),
+        ("local_port", port.as_str()),
+        ("diagnosis", diagnosis),
+    ];
     wait_value(d, DIAGNOSIS, &labels, 1.0)
 }
 
@@ -163,8 +171,20 @@ fn signals_exit_codes_and_closes_are_told_apart() {
     let d = Daemon::start(BIN, &[]);
     // (mode, how it is ended, cause label, diagnosis, what the sentence says)
     let cases: [(&str, Option<i32>, &str, &str, &str); 4] = [
-        ("wait", Some(libc::SIGKILL), "killed", "listener_killed", "was killed by SIGKILL"),
-        ("wait", Some(libc::SIGSEGV), "killed", "listener_killed", "was killed by SIGSEGV"),
+        (
+            "wait",
+            Some(libc::SIGKILL),
+            "killed",
+            "listener_killed",
+            "was killed by SIGKILL",
+        ),
+        (
+            "wait",
+            Some(libc::SIGSEGV),
+            "killed",
+            "listener_killed",
+            "was killed by SIGSEGV",
+        ),
         ("exit3", None, "exited", "listener_exited", "exited with code 3"),
         ("close", None, "closed", "listener_closed", "closed it and kept running"),
     ];
@@ -192,9 +212,15 @@ fn signals_exit_codes_and_closes_are_told_apart() {
         assert_eq!(diagnosis(&d, local, want), 1.0, "{mode} {signal:?}");
         let i = inbound(&d, local, want);
         assert_eq!(i["refused_total"], 3, "{i:#}");
-        assert!(contains(&i, &format!("python3 (pid {pid}")) && contains(&i, says), "{i:#}");
+        assert!(
+            contains(&i, &format!("python3 (pid {pid}")) && contains(&i, says),
+            "{i:#}"
+        );
         let last = &i["listener"]["lost"][0];
-        assert_eq!((last["cause"].as_str(), last["process"]["pid"].as_u64()), (Some(cause), Some(u64::from(pid))));
+        assert_eq!(
+            (last["cause"].as_str(), last["process"]["pid"].as_u64()),
+            (Some(cause), Some(u64::from(pid)))
+        );
         assert!(last["since"].is_f64(), "seen starting: {last:#}");
         // The client's target says the same.
         let all = targets(&d);
@@ -219,7 +245,13 @@ fn a_port_nobody_listened_on_and_a_listener_older_than_the_agent() {
     refuse(never, 2);
     assert_eq!(diagnosis(&d, never, "never_listened"), 1.0);
     let i = inbound(&d, never, "never_listened");
-    assert!(contains(&i, &format!("nothing has listened on {} since the agent started", never.port())), "{i:#}");
+    assert!(
+        contains(
+            &i,
+            &format!("nothing has listened on {} since the agent started", never.port())
+        ),
+        "{i:#}"
+    );
     // The listener from before: a connection to another loopback address on its port is refused
     // because of where it is bound, not because nothing ever listened.
     let elsewhere = SocketAddr::from(([127, 0, 0, 2], old_port));
@@ -251,11 +283,21 @@ fn an_oom_kill_is_told_from_a_kill() {
     let shell = cgroup.shell();
     let mut server = Server::start(&["sh", "-c", &shell, "sh"], "127.0.0.1", port, "hog");
     server.go();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&server.wait()), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&server.wait()),
+        Some(libc::SIGKILL)
+    );
     let local = SocketAddr::from(([127, 0, 0, 1], port));
     refuse(local, 2);
     assert_eq!(lost(&d, port, "oom_killed", "false"), 1.0);
-    assert_eq!(value(&d.metrics(), LOST, &[("local_port", &port.to_string()), ("cause", "killed")]), 0.0);
+    assert_eq!(
+        value(
+            &d.metrics(),
+            LOST,
+            &[("local_port", &port.to_string()), ("cause", "killed")]
+        ),
+        0.0
+    );
     let i = inbound(&d, local, "listener_killed");
     assert!(contains(&i, "was killed by SIGKILL (OOM)"), "{i:#}");
 }
@@ -282,7 +324,12 @@ fn a_node_server_that_dies_of_an_upstream_reset_says_so() {
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed_port();
     let mut child = Command::new(node)
-        .args(["-e", NODE_PROXY, &port.to_string(), &upstream.local_addr().unwrap().port().to_string()])
+        .args([
+            "-e",
+            NODE_PROXY,
+            &port.to_string(),
+            &upstream.local_addr().unwrap().port().to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -305,10 +352,16 @@ fn a_node_server_that_dies_of_an_upstream_reset_says_so() {
     assert!(
         contains(&i, &format!("(pid {}", child.id()))
             && contains(&i, "exited with code 1")
-            && contains(&i, &format!("after a connection reset from {upstream_addr}: an unhandled ECONNRESET?")),
+            && contains(
+                &i,
+                &format!("after a connection reset from {upstream_addr}: an unhandled ECONNRESET?")
+            ),
         "{i:#} (node's end was {peer})"
     );
-    assert_eq!(i["listener"]["lost"][0]["after_reset"]["peer"], upstream_addr.to_string());
+    assert_eq!(
+        i["listener"]["lost"][0]["after_reset"]["peer"],
+        upstream_addr.to_string()
+    );
 }
 
 #[test]
@@ -334,7 +387,8 @@ fn a_server_in_a_network_namespace_is_diagnosed_there() {
     assert_eq!(lost(&d, port, "killed", "false"), 1.0);
     let i = inbound(&d, local, "listener_killed");
     assert_eq!(i["refused_total"], 4, "{i:#}");
-    let inode = std::fs::metadata(Path::new("/run/netns").join(&ns.name)).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let inode =
+        std::fs::metadata(Path::new("/run/netns").join(&ns.name)).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     assert_eq!(i["netns"].as_u64(), inode.ok(), "{i:#}");
     assert!(contains(&i, &format!("(pid {pid}")), "{i:#}");
     // The host's own port of that number never listened: namespaces stay apart.

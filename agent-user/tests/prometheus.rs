@@ -2,8 +2,6 @@
 //! while the test produces every signal; then every PromQL expression of every dashboard panel
 //! and every rule must parse and return data, and `promtool check metrics` must accept the
 //! daemon's exposition.
-mod common;
-
 use std::{
     io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
@@ -13,11 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use testkit::{Daemon, closed_port, get, linger_zero, privileged, workspace_root};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 /// Percent-encodes a query parameter.
 fn encode(s: &str) -> String {
@@ -57,7 +53,7 @@ fn dashboard_exprs() -> Vec<(String, String)> {
         }
     }
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(repo().join("dashboards")).unwrap() {
+    for entry in std::fs::read_dir(workspace_root().join("dashboards")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "json") {
             let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -68,33 +64,26 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     out
 }
 
-/// `expr:` values of a rules file, single-line or block (`expr: |`).
+/// The alert or record name and the `expr` of every rule in a rules file, each expression on
+/// one line.
 fn rule_exprs(path: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::new();
-    let mut name = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        let t = line.trim_start();
-        if let Some(n) = t.strip_prefix("- alert:").or_else(|| t.strip_prefix("- record:")) {
-            name = n.trim().to_string();
-        }
-        let Some(v) = t.strip_prefix("expr:") else { continue };
-        let v = v.trim();
-        let expr = if v == "|" || v == ">" || v == "|-" || v == ">-" {
-            let indent = line.len() - t.len();
-            lines[i + 1..]
-                .iter()
-                .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-                .map(|l| l.trim())
-                .collect::<Vec<_>>()
-                .join(" ")
-        } else {
-            v.trim_matches(['\'', '"']).to_string()
-        };
-        out.push((format!("{}: {name}", path.file_name().unwrap().to_string_lossy()), expr));
-    }
-    out
+    let file = path.file_name().unwrap().to_string_lossy();
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rules = doc["groups"].as_array().into_iter().flatten();
+    rules
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .map(|r| {
+            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or_default();
+            let expr = r["expr"].as_str().unwrap_or_default();
+            let line = expr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>();
+            (format!("{file}: {name}"), line.join(" "))
+        })
+        .collect()
 }
 
 /// An alert's expression is a query compared to a threshold; the query itself must have data
@@ -122,7 +111,7 @@ impl Prometheus {
         let dir = std::env::temp_dir().join(format!("refusal-prom-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let rules = repo().join("dashboards/rules");
+        let rules = workspace_root().join("dashboards/rules");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\nscrape_configs:\n  - job_name: refusal-agent\n    static_configs:\n      - targets: ['{target}']\n",
             rules.join("refusal-recording.yml").display(),
@@ -184,7 +173,7 @@ fn produce_signals(duration: Duration) {
     let resets_port = resets.local_addr().unwrap().port();
     thread::spawn(move || {
         while let Ok((s, _)) = resets.accept() {
-            linger_zero(&s);
+            linger_zero(&s).expect("SO_LINGER");
         }
     });
     let mut cold_server = None;
@@ -217,7 +206,7 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
     let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let before = std::fs::read_to_string(stats).unwrap_or_default();
     std::fs::write(stats, "1").unwrap();
-    let d = Daemon::start(&["--persistent-after", "2s", "--cold-start-max", "30s"]);
+    let d = Daemon::start(BIN, &["--persistent-after", "2s", "--cold-start-max", "30s"]);
     let prom = Prometheus::start(d.addr);
     produce_signals(Duration::from_secs(12));
     // A few more scrapes and rule evaluations after the last signal.
@@ -244,7 +233,7 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
     );
 
     let mut exprs = dashboard_exprs();
-    let rules = repo().join("dashboards/rules");
+    let rules = workspace_root().join("dashboards/rules");
     exprs.extend(rule_exprs(&rules.join("refusal-recording.yml")));
     exprs.extend(rule_exprs(&rules.join("refusal-alerts.yml")));
     assert!(exprs.len() > 30, "found only {} expressions", exprs.len());

@@ -1,8 +1,6 @@
 //! The HTTP side under abuse and behind access control, against the real daemon: a flood of
 //! resetting, slow, oversized and surplus clients followed by a normal scrape; TLS, client
 //! certificates and basic auth from an exporter-toolkit web config; bad web configs.
-mod common;
-
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -14,7 +12,9 @@ use std::{
 };
 
 use base64::Engine as _;
-use common::{Daemon, get, linger_zero, privileged};
+use testkit::{Daemon, get, get_with, linger_zero, metrics::BUILD_INFO, privileged};
+
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 /// A scratch directory, removed on drop.
 struct TempDir(PathBuf);
@@ -275,7 +275,7 @@ fn flood_of_resetting_slow_oversized_and_surplus_clients_then_a_normal_scrape() 
         return;
     }
     raise_nofile(8192);
-    let mut d = Daemon::start_when(&[], |addr| get(addr, "/readyz").is_ok_and(|(code, _)| code == 200));
+    let mut d = Daemon::start(BIN, &[]);
     let addr = d.addr;
     assert_eq!(get(addr, "/metrics").unwrap().0, 200);
     let rss_before = d.rss_kib();
@@ -312,7 +312,7 @@ fn flood_of_resetting_slow_oversized_and_surplus_clients_then_a_normal_scrape() 
                         b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
                     };
                     let _ = s.write_all(req);
-                    linger_zero(&s);
+                    linger_zero(&s).expect("SO_LINGER");
                     drop(s);
                 }
             })
@@ -355,7 +355,7 @@ fn flood_of_resetting_slow_oversized_and_surplus_clients_then_a_normal_scrape() 
     // A normal scrape, with the slow clients still connected.
     let (code, body) = get(addr, "/metrics").unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains("refusal_agent_build_info"), "{body}");
+    assert!(body.contains(BUILD_INFO), "{body}");
     let scraped_after = started.elapsed();
 
     // The daemon ended every slow and half-open connection itself.
@@ -471,7 +471,7 @@ fn tls_from_web_config_serves_https_and_refuses_plain_http() {
     );
     let ca = dir.path("server.pem");
     let ca2 = ca.clone();
-    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(BIN, &["--web.config.file", &web], move |addr| {
         curl(
             &format!("https://127.0.0.1:{}/readyz", addr.port()),
             &["--cacert", &ca2],
@@ -482,7 +482,7 @@ fn tls_from_web_config_serves_https_and_refuses_plain_http() {
 
     let (rc, code, body) = curl(&format!("https://127.0.0.1:{port}/metrics"), &["--cacert", &ca]);
     assert_eq!((rc, code.as_str()), (0, "200"), "{body}");
-    assert!(body.contains("refusal_agent_build_info"), "{body}");
+    assert!(body.contains(BUILD_INFO), "{body}");
     let (rc, code, _) = curl(
         &format!("https://localhost:{port}/healthz"),
         &["--cacert", &ca, "--tlsv1.2", "--tls-max", "1.2"],
@@ -520,7 +520,7 @@ fn rotated_certificates_are_served_without_a_restart() {
     );
     let (old_ca, new_ca) = (dir.path("old.pem"), dir.path("new.pem"));
     let ready_ca = old_ca.clone();
-    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(BIN, &["--web.config.file", &web], move |addr| {
         curl(
             &format!("https://127.0.0.1:{}/readyz", addr.port()),
             &["--cacert", &ready_ca],
@@ -589,7 +589,7 @@ fn tls_client_certificates_are_verified_when_required() {
         key.as_str(),
     ];
     let ready_args: Vec<String> = with_cert.iter().map(|s| s.to_string()).collect();
-    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
+    let d = Daemon::start_when(BIN, &["--web.config.file", &web], move |addr| {
         let args: Vec<&str> = ready_args.iter().map(String::as_str).collect();
         curl(&format!("https://127.0.0.1:{}/readyz", addr.port()), &args).1 == "200"
     });
@@ -623,14 +623,6 @@ fn tls_client_certificates_are_verified_when_required() {
     assert_eq!(d.stop(), Some(0));
 }
 
-/// A raw HTTP/1.1 GET with extra header lines; status, head and body.
-fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}\r\n");
-    let resp = String::from_utf8_lossy(&exchange(addr, req.as_bytes())).into_owned();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    (status_of(head.as_bytes()), head.to_string(), body.to_string())
-}
-
 fn basic(user: &str, password: &str) -> String {
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Authorization: Basic {token}\r\n")
@@ -647,17 +639,16 @@ fn basic_auth_from_web_config_admits_the_right_password_only() {
     let web = dir.write("web.yml", &format!("basic_auth_users:\n  prometheus: '{hash}'\n"));
     let right = basic("prometheus", "correct horse");
     let ready = right.clone();
-    let d = Daemon::start_when(&["--web.config.file", &web], move |addr| {
-        let req = format!("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{ready}\r\n");
-        try_exchange(addr, req.as_bytes()).is_ok_and(|r| status_of(&r) == 200)
+    let d = Daemon::start_when(BIN, &["--web.config.file", &web], move |addr| {
+        get_with(addr, "/readyz", &ready).is_ok_and(|(code, _, _)| code == 200)
     });
     let addr = d.addr;
 
-    let (code, _, body) = get_with(addr, "/metrics", &right);
+    let (code, _, body) = get_with(addr, "/metrics", &right).unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains("refusal_agent_build_info"), "{body}");
+    assert!(body.contains(BUILD_INFO), "{body}");
     // Again, from the cache of verified passwords.
-    assert_eq!(get_with(addr, "/metrics", &right).0, 200);
+    assert_eq!(get_with(addr, "/metrics", &right).unwrap().0, 200);
 
     let challenge = "www-authenticate: Basic realm=\"refusal-agent\"";
     for (what, headers) in [
@@ -669,7 +660,7 @@ fn basic_auth_from_web_config_admits_the_right_password_only() {
         ("not base64", "Authorization: Basic !!!\r\n".to_string()),
     ] {
         for path in ["/metrics", "/healthz", "/api/targets", "/nope"] {
-            let (code, head, body) = get_with(addr, path, &headers);
+            let (code, head, body) = get_with(addr, path, &headers).unwrap();
             assert_eq!(code, 401, "{what} on {path}");
             assert!(
                 head.to_ascii_lowercase().contains(&challenge.to_ascii_lowercase()),
@@ -678,7 +669,7 @@ fn basic_auth_from_web_config_admits_the_right_password_only() {
             assert!(!body.contains("refusal_"), "{what} leaked metrics");
         }
     }
-    let (code, _, body) = get_with(addr, "/healthz", &right);
+    let (code, _, body) = get_with(addr, "/healthz", &right).unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     assert_eq!(d.stop(), Some(0));
 }
@@ -713,12 +704,12 @@ fn bad_web_configs_exit_2_naming_the_key() {
         .enumerate()
         .map(|(i, (yaml, want))| {
             let file = dir.write(&format!("web{i}.yml"), yaml);
-            (Daemon::spawn(&["--web.config.file", &file]), *want, file)
+            (Daemon::spawn(BIN, &["--web.config.file", &file]), *want, file)
         })
         .collect();
     let missing = dir.path("absent.yml");
     running.push((
-        Daemon::spawn(&["--web.config.file", &missing]),
+        Daemon::spawn(BIN, &["--web.config.file", &missing]),
         "absent.yml: No such file",
         missing.clone(),
     ));

@@ -1,7 +1,5 @@
 //! Every failure signal, both directions, IPv4 and IPv6, with exact counts: real sockets on
 //! loopback and on veth pairs into network namespaces the tests create.
-mod common;
-
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -9,9 +7,13 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use testkit::{
+    Cgroup, Daemon, Netns, as_comm, closed_port, linger_zero,
+    metrics::{FAILURES, INBOUND_REFUSED, RESETS_RECEIVED, RESETS_SENT},
+    privileged, sh, value, wait_value,
+};
 
-const FAILURES: &str = "refusal_connect_failures_total";
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 /// A blocking connect that gives up after `syn_retries` retransmissions (TCP_SYNCNT).
 fn connect_with_syncnt(addr: SocketAddr, syn_retries: i32) -> std::io::Error {
@@ -85,7 +87,7 @@ fn syn_dropped_times_out_as_etimedout() {
     }
     let ns = Netns::new(11);
     ns.nft("table inet t {\n chain input {\n type filter hook input priority 0;\n tcp dport 7001 drop\n }\n}\n");
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let target: SocketAddr = format!("{}:7001", ns.ns_ip()).parse().unwrap();
     let errs: Vec<_> = (0..2)
         .map(|_| {
@@ -116,7 +118,7 @@ fn icmp_host_unreachable_and_no_route() {
     ns.nft("table inet t {\n chain input {\n type filter hook input priority 0;\n tcp dport 7002 reject with icmpx type host-unreachable\n }\n}\n");
     // No-route failures come only from the opt-in syscall hook; the others must not be
     // counted twice with it on.
-    let d = Daemon::start(&["--connect-sync"]);
+    let d = Daemon::start(BIN, &["--connect-sync"]);
     let target: SocketAddr = format!("{}:7002", ns.ns_ip()).parse().unwrap();
     let target6: SocketAddr = format!("[{}]:7002", ns.ns_ip6()).parse().unwrap();
     // Blocking connects: the ICMP for the first SYN comes back while connect(2) holds the
@@ -159,7 +161,7 @@ fn syn_sent_resets_counted_and_icmp_refusals_not() {
     }
     let ns = Netns::new(14);
     ns.nft("table inet t {\n chain input {\n type filter hook input priority 0;\n tcp dport 7004 reject with icmpx port-unreachable\n tcp dport 7005 reject with tcp reset\n }\n}\n");
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let (icmp, rst): (SocketAddr, SocketAddr) = (
         format!("{}:7004", ns.ns_ip()).parse().unwrap(),
         format!("{}:7005", ns.ns_ip()).parse().unwrap(),
@@ -175,11 +177,10 @@ fn syn_sent_resets_counted_and_icmp_refusals_not() {
     assert_eq!(wait_value(&d, FAILURES, &refused("7004"), 3.0), 3.0);
     assert_eq!(wait_value(&d, FAILURES, &refused("7005"), 5.0), 5.0);
     let m = d.metrics();
-    let received = "refusal_resets_received_total";
     let syn_sent = |port| [labels(port).as_slice(), &[("state", "syn_sent")]].concat();
-    assert_eq!(value(&m, received, &syn_sent("7005")), 5.0, "{m}");
-    assert_eq!(value(&m, received, &labels("7005")), 5.0, "{m}");
-    assert_eq!(value(&m, received, &labels("7004")), 0.0, "{m}");
+    assert_eq!(value(&m, RESETS_RECEIVED, &syn_sent("7005")), 5.0, "{m}");
+    assert_eq!(value(&m, RESETS_RECEIVED, &labels("7005")), 5.0, "{m}");
+    assert_eq!(value(&m, RESETS_RECEIVED, &labels("7004")), 0.0, "{m}");
 }
 
 #[test]
@@ -188,7 +189,7 @@ fn ipv6_on_the_veth_and_inbound_refusals_with_local_address() {
         return;
     }
     let ns = Netns::new(13);
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     // Host → namespace over IPv6: nothing listens there.
     as_comm("v6client", {
         let t: SocketAddr = format!("[{}]:7004", ns.ns_ip6()).parse().unwrap();
@@ -212,7 +213,7 @@ fn ipv6_on_the_veth_and_inbound_refusals_with_local_address() {
     assert!(out.status.success());
     let port_s = port.to_string();
     let inbound = [("local_addr", &*ns.host_ip()), ("local_port", port_s.as_str())];
-    assert_eq!(wait_value(&d, "refusal_inbound_refused_total", &inbound, 7.0), 7.0);
+    assert_eq!(wait_value(&d, INBOUND_REFUSED, &inbound, 7.0), 7.0);
     let outbound = [
         ("comm", "curl"),
         ("dst_addr", &*ns.host_ip()),
@@ -222,11 +223,7 @@ fn ipv6_on_the_veth_and_inbound_refusals_with_local_address() {
     assert_eq!(wait_value(&d, FAILURES, &outbound, 7.0), 7.0);
     // No refusal was seen on any other local address for that port.
     assert_eq!(
-        value(
-            &d.metrics(),
-            "refusal_inbound_refused_total",
-            &[("local_port", port_s.as_str())]
-        ),
+        value(&d.metrics(), INBOUND_REFUSED, &[("local_port", port_s.as_str())]),
         7.0
     );
 }
@@ -236,7 +233,7 @@ fn resets_on_established_connections_both_directions() {
     if !privileged("resets_on_established_connections_both_directions") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     const N: usize = 4;
@@ -245,7 +242,7 @@ fn resets_on_established_connections_both_directions() {
         .spawn(move || {
             for _ in 0..N {
                 let (s, _) = listener.accept().unwrap();
-                linger_zero(&s);
+                linger_zero(&s).expect("SO_LINGER");
                 drop(s);
             }
         })
@@ -267,12 +264,9 @@ fn resets_on_established_connections_both_directions() {
         ("dst_port", port_s.as_str()),
         ("state", "established"),
     ];
-    assert_eq!(
-        wait_value(&d, "refusal_resets_received_total", &received, N as f64),
-        N as f64
-    );
+    assert_eq!(wait_value(&d, RESETS_RECEIVED, &received, N as f64), N as f64);
     let m = d.metrics();
-    let sent = value(&m, "refusal_resets_sent_total", &[("comm", "rstserver")]);
+    let sent = value(&m, RESETS_SENT, &[("comm", "rstserver")]);
     assert_eq!(sent, N as f64, "{m}");
     // The reason label is the kernel's own enum name, lower case.
     assert!(
@@ -288,7 +282,7 @@ fn connected_udp_refused_by_icmp_port_unreachable() {
     if !privileged("connected_udp_refused_by_icmp_port_unreachable") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     as_comm("udpclient", move || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -316,7 +310,7 @@ fn workloads_from_real_cgroups() {
     if !privileged("workloads_from_real_cgroups") {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let uid = "6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b";
     let cases = [

@@ -1,6 +1,4 @@
 //! Verdicts end to end: the real daemon with short thresholds, real clients and servers.
-mod common;
-
 use std::{
     net::{TcpListener, TcpStream},
     process::Command,
@@ -8,7 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use testkit::{
+    Daemon, Netns, closed_port, get,
+    metrics::{COLD_START_COUNT, COLD_START_SUM, EPISODES, FAILURES, INBOUND_DIAGNOSIS, INBOUND_REFUSED, TARGET_STATE},
+    privileged, sh, value, wait_value,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
 /// Connects every `every` until `until` says stop; returns (refused, succeeded).
 fn retry_client(
@@ -60,7 +64,7 @@ fn cold_start_is_one_episode_with_its_duration() {
     if !privileged("cold_start_is_one_episode_with_its_duration") {
         return;
     }
-    let d = Daemon::start(&["--persistent-after", "60s", "--cold-start-max", "30s"]);
+    let d = Daemon::start(BIN, &["--persistent-after", "60s", "--cold-start-max", "30s"]);
     let port = closed_port();
     let client = retry_client("coldclient", "127.0.0.1", port, Duration::from_millis(300), |ok| {
         ok >= 1
@@ -76,28 +80,21 @@ fn cold_start_is_one_episode_with_its_duration() {
         ("dst_port", p.as_str()),
         ("outcome", "cold_start"),
     ];
-    assert_eq!(wait_value(&d, "refusal_episodes_total", &labels, 1.0), 1.0);
+    assert_eq!(wait_value(&d, EPISODES, &labels, 1.0), 1.0);
     let m = d.metrics();
-    assert_eq!(
-        value(&m, "refusal_cold_start_duration_seconds_count", &[("dst_port", &p)]),
-        1.0
-    );
-    let secs = value(&m, "refusal_cold_start_duration_seconds_sum", &[("dst_port", &p)]);
+    assert_eq!(value(&m, COLD_START_COUNT, &[("dst_port", &p)]), 1.0);
+    let secs = value(&m, COLD_START_SUM, &[("dst_port", &p)]);
     assert!(
         (4.5..6.5).contains(&secs),
         "cold start took {secs} s, the server came up after 5 s"
     );
     assert_eq!(
-        value(&m, "refusal_target_state", &[("dst_port", &p)]),
+        value(&m, TARGET_STATE, &[("dst_port", &p)]),
         0.0,
         "no open state after the success:\n{m}"
     );
     assert_eq!(
-        value(
-            &m,
-            "refusal_connect_failures_total",
-            &[("dst_port", &p), ("comm", "coldclient")]
-        ),
+        value(&m, FAILURES, &[("dst_port", &p), ("comm", "coldclient")]),
         f64::from(refused)
     );
     let t = target(&d, "127.0.0.1", port).expect("target in /api/targets");
@@ -112,14 +109,14 @@ fn a_port_that_never_listens_becomes_persistent() {
     if !privileged("a_port_that_never_listens_becomes_persistent") {
         return;
     }
-    let d = Daemon::start(&["--persistent-after", "3s", "--min-attempts", "3"]);
+    let d = Daemon::start(BIN, &["--persistent-after", "3s", "--min-attempts", "3"]);
     let port = closed_port();
     let p = port.to_string();
     let client = retry_client("persclient", "127.0.0.1", port, Duration::from_millis(250), {
         let start = Instant::now();
         move |_| start.elapsed() > Duration::from_secs(5)
     });
-    let state = |s: &str| value(&d.metrics(), "refusal_target_state", &[("dst_port", &p), ("state", s)]);
+    let state = |s: &str| value(&d.metrics(), TARGET_STATE, &[("dst_port", &p), ("state", s)]);
     wait_for("refusing", Duration::from_secs(3), || state("refusing") == 1.0);
     assert_eq!(state("persistent"), 0.0);
     wait_for("persistent", Duration::from_secs(8), || state("persistent") == 1.0);
@@ -152,14 +149,17 @@ fn crash_looping_server_is_flapping() {
     if !privileged("crash_looping_server_is_flapping") {
         return;
     }
-    let d = Daemon::start(&[
-        "--flap-episodes",
-        "3",
-        "--flap-window",
-        "2m",
-        "--persistent-after",
-        "60s",
-    ]);
+    let d = Daemon::start(
+        BIN,
+        &[
+            "--flap-episodes",
+            "3",
+            "--flap-window",
+            "2m",
+            "--persistent-after",
+            "60s",
+        ],
+    );
     let port = closed_port();
     let p = port.to_string();
     let client = retry_client("flapclient", "127.0.0.1", port, Duration::from_millis(150), {
@@ -177,18 +177,14 @@ fn crash_looping_server_is_flapping() {
             thread::sleep(Duration::from_millis(20));
         }
     }
-    let state = |s: &str| value(&d.metrics(), "refusal_target_state", &[("dst_port", &p), ("state", s)]);
+    let state = |s: &str| value(&d.metrics(), TARGET_STATE, &[("dst_port", &p), ("state", s)]);
     wait_for("flapping", Duration::from_secs(5), || state("flapping") == 1.0);
     client.join().unwrap();
     let t = target(&d, "127.0.0.1", port).unwrap();
     assert_eq!(t["state"], "flapping");
     assert!(t["episodes_total"].as_u64().unwrap() >= 3, "{t}");
     assert_eq!(
-        value(
-            &d.metrics(),
-            "refusal_episodes_total",
-            &[("dst_port", &p), ("outcome", "cold_start")]
-        ),
+        value(&d.metrics(), EPISODES, &[("dst_port", &p), ("outcome", "cold_start")]),
         3.0
     );
 }
@@ -198,7 +194,7 @@ fn same_port_answering_elsewhere_is_a_stale_address() {
     if !privileged("same_port_answering_elsewhere_is_a_stale_address") {
         return;
     }
-    let d = Daemon::start(&["--persistent-after", "60s"]);
+    let d = Daemon::start(BIN, &["--persistent-after", "60s"]);
     let listener = TcpListener::bind("127.0.0.2:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     thread::spawn(move || while listener.accept().is_ok() {});
@@ -229,7 +225,7 @@ fn inbound_refusals_are_diagnosed_from_the_listeners() {
     }
     let ns = Netns::new(21);
     sh(&format!("ip addr add 10.200.21.3/24 dev {}", ns.host_if));
-    let d = Daemon::start(&[]);
+    let d = Daemon::start(BIN, &[]);
     // loopback_only: a listener on 127.0.0.1 only, clients arriving on the veth address.
     let lo = TcpListener::bind("127.0.0.1:0").unwrap();
     let lo_port = lo.local_addr().unwrap().port();
@@ -253,16 +249,12 @@ fn inbound_refusals_are_diagnosed_from_the_listeners() {
             ("local_port", p.as_str()),
             ("diagnosis", diagnosis),
         ];
-        assert_eq!(
-            wait_value(&d, "refusal_inbound_diagnosis", &labels, 1.0),
-            1.0,
-            "{diagnosis}"
-        );
+        assert_eq!(wait_value(&d, INBOUND_DIAGNOSIS, &labels, 1.0), 1.0, "{diagnosis}");
         let inbound = [("local_addr", "10.200.21.1"), ("local_port", p.as_str())];
-        assert_eq!(value(&d.metrics(), "refusal_inbound_refused_total", &inbound), 3.0);
+        assert_eq!(value(&d.metrics(), INBOUND_REFUSED, &inbound), 3.0);
         // Exactly one diagnosis per port.
         assert_eq!(
-            value(&d.metrics(), "refusal_inbound_diagnosis", &[("local_port", p.as_str())]),
+            value(&d.metrics(), INBOUND_DIAGNOSIS, &[("local_port", p.as_str())]),
             1.0
         );
     }

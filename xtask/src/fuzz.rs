@@ -48,7 +48,7 @@ const CARGO_ENV: &[&str] = &[
 pub fn smoke() -> Result<()> {
     let started = Instant::now();
     if !nightly_available() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
+        if testkit::ci() {
             bail!(
                 "fuzz smoke: no nightly toolchain (`rustup toolchain install nightly`) and CI=true: refusing to skip"
             );

@@ -4,7 +4,7 @@
 # `trace --attach` side by side while vm-client makes traffic with known counts, all three with
 # the opt-in `--connect-sync` so that hook is proven too (the first `check` shows the default). Prints
 # everything as `@@ ` lines on the console for the host to judge; trace events are counted here
-# by kind and port (or reason). Run n uses ports 7000 + 100 n + 1…6: runs cannot see each other.
+# by kind and port (or reason). Run n uses ports 7000 + 100 n + 1…8: runs cannot see each other.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -37,7 +37,16 @@ refusal-agent check > /tmp/check 2>&1
 say check-exit $?
 prefixed check < /tmp/check
 
-modes=$(sed -n 's/.*ra\.modes=\([a-z_,]*\).*/\1/p' /proc/cmdline | tr , ' ')
+# The host's settings, from the kernel command line (ra.NAME=VALUE): the attach modes and the
+# traffic counts it will demand in /metrics.
+arg() { sed -n "s/.*ra\.$1=\([a-z0-9_,]*\).*/\1/p" /proc/cmdline; }
+modes=$(arg modes | tr , ' ')
+refused_v4=$(arg refused_v4)
+refused_v6=$(arg refused_v6)
+resets=$(arg resets)
+elsewhere=$(arg elsewhere)
+udp=$(arg udp)
+noroute=$(arg noroute)
 run=0
 for mode in $modes; do
     run=$((run + 1))
@@ -64,17 +73,17 @@ for mode in $modes; do
     say ready $ready
     stamp ready
     if [ $ready = 1 ]; then
-        vm-client elsewhere 127.0.0.1 192.0.2.1 $((p + 5)) 20 > /tmp/e5 2>&1 &
+        vm-client elsewhere 127.0.0.1 192.0.2.1 $((p + 5)) "$elsewhere" > /tmp/e5 2>&1 &
         e5=$!
-        vm-client elsewhere 192.0.2.1 127.0.0.1 $((p + 6)) 20 > /tmp/e6 2>&1 &
+        vm-client elsewhere 192.0.2.1 127.0.0.1 $((p + 6)) "$elsewhere" > /tmp/e6 2>&1 &
         e6=$!
-        say client "$(vm-client refused 127.0.0.1 $((p + 1)) 200 2>&1)"
-        say client "$(vm-client refused ::1 $((p + 2)) 50 2>&1)"
-        say client "$(vm-client reset $((p + 3)) 50 2>&1)"
+        say client "$(vm-client refused 127.0.0.1 $((p + 1)) "$refused_v4" 2>&1)"
+        say client "$(vm-client refused ::1 $((p + 2)) "$refused_v6" 2>&1)"
+        say client "$(vm-client reset $((p + 3)) "$resets" 2>&1)"
         say client "$(vm-client cold-start $((p + 4)) 2000 2>&1)"
-        say client "$(vm-client udp $((p + 7)) 30 2>&1)"
+        say client "$(vm-client udp $((p + 7)) "$udp" 2>&1)"
         # No route: the guest has only lo, and this address is not on it.
-        say client "$(vm-client noroute 198.51.100.1 $((p + 8)) 10 2>&1)"
+        say client "$(vm-client noroute 198.51.100.1 $((p + 8)) "$noroute" 2>&1)"
         # Verdicts advance on the daemon's 250 ms tick; listeners are listed at most every second.
         sleep 1.5
         say client "$(cat /tmp/e5)"

@@ -18,8 +18,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use testkit::{
+    metrics::{
+        BPF_RUNS, COLD_START_COUNT, EPISODES, EVENTS_DROPPED, FAILURES, INBOUND_DIAGNOSIS, INBOUND_REFUSED,
+        PROBE_ATTACHED, RESETS_RECEIVED, RESETS_SENT,
+    },
+    value,
+};
 
-use crate::{root, run, value};
+use crate::{root, run, target_dir};
 
 /// A Debian kernel series the matrix boots.
 struct Kernel {
@@ -107,13 +114,22 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
     programs
 }
 
-/// Traffic per run (`guest-init.sh` makes it, on ports base + 1…8).
+/// Traffic per run: `guest-init.sh` makes it on ports base + 1…8, with these counts, which it
+/// reads from the kernel command line (`ra.<name>=<count>`).
 const REFUSED_V4: f64 = 200.0;
 const REFUSED_V6: f64 = 50.0;
 const RESETS: f64 = 50.0;
 const ELSEWHERE: f64 = 20.0;
 const UDP_REFUSED: f64 = 30.0;
 const NO_ROUTE: f64 = 10.0;
+const TRAFFIC: [(&str, f64); 6] = [
+    ("refused_v4", REFUSED_V4),
+    ("refused_v6", REFUSED_V6),
+    ("resets", RESETS),
+    ("elsewhere", ELSEWHERE),
+    ("udp", UDP_REFUSED),
+    ("noroute", NO_ROUTE),
+];
 /// A guest takes about 4 minutes (TCG, debug build, both kernels at once); past this it hangs.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(540);
 const README_BEGIN: &str = "<!-- test-kernels: begin -->";
@@ -122,10 +138,6 @@ const README_END: &str = "<!-- test-kernels: end -->";
 pub struct Opts {
     /// Rewrite README's "What attaches where" from this run instead of requiring it to match.
     pub bless: bool,
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
 }
 
 pub fn matrix(opts: &Opts) -> Result<()> {
@@ -303,7 +315,7 @@ fn initramfs(image: &Path, bins: &Path, out: &Path) -> Result<()> {
     for d in ["bin", "proc", "sys", "dev", "tmp", "modules"] {
         std::fs::create_dir_all(tree.join(d))?;
     }
-    let busybox = which("busybox")?;
+    let busybox = testkit::which("busybox").context("busybox not found (cargo xtask setup --test-deps installs it)")?;
     let programs = [busybox, bins.join("refusal-agent"), bins.join("vm-client")];
     for p in &programs {
         let to = tree.join("bin").join(p.file_name().unwrap_or_default());
@@ -338,17 +350,9 @@ fn initramfs(image: &Path, bins: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn which(bin: &str) -> Result<PathBuf> {
-    let out = Command::new("sh").args(["-c", &format!("command -v {bin}")]).output()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if path.is_empty() {
-        bail!("{bin} not found (cargo xtask setup --test-deps installs it)");
-    }
-    Ok(PathBuf::from(path))
-}
-
 fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Child> {
-    let append = format!("console=ttyS0 panic=-1 quiet ra.modes={}", MODES.join(","));
+    let traffic: String = TRAFFIC.iter().map(|(name, n)| format!(" ra.{name}={n}")).collect();
+    let append = format!("console=ttyS0 panic=-1 quiet ra.modes={}{traffic}", MODES.join(","));
     Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "1"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -519,7 +523,7 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
         .filter(|(n, a, d)| {
             value(
                 m,
-                "refusal_inbound_diagnosis",
+                INBOUND_DIAGNOSIS,
                 &[("local_addr", a), ("local_port", &p(*n)), ("diagnosis", d)],
             ) == 1.0
         })
@@ -528,7 +532,7 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
         let got = |name: &str, labels: &[(&str, &str)], want: f64| format!("{}/{want}", value(m, name, labels));
         let ran: Vec<&str> = must_run(k, mode)
             .into_iter()
-            .filter(|prog| value(m, "refusal_agent_bpf_runs_total", &[("program", prog)]) > 0.0)
+            .filter(|prog| value(m, BPF_RUNS, &[("program", prog)]) > 0.0)
             .collect();
         let _ = writeln!(
             report,
@@ -536,22 +540,15 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             k.series,
             mode,
             if bad.is_empty() { "PASS" } else { "FAIL" },
-            got("refusal_connect_failures_total", &[("dst_port", &p(1))], REFUSED_V4),
-            got("refusal_connect_failures_total", &[("dst_port", &p(2))], REFUSED_V6),
-            got("refusal_inbound_refused_total", &[("local_port", &p(1))], REFUSED_V4),
-            got("refusal_resets_sent_total", &[], RESETS),
-            got("refusal_resets_received_total", &[("state", "established")], RESETS),
-            format!(
-                "{}/{cold}",
-                value(m, "refusal_connect_failures_total", &[("dst_port", &p(4))])
-            ),
-            got(
-                "refusal_episodes_total",
-                &[("dst_port", &p(4)), ("outcome", "cold_start")],
-                1.0
-            ),
-            got("refusal_connect_failures_total", &[("dst_port", &p(7))], UDP_REFUSED),
-            got("refusal_connect_failures_total", &[("dst_port", &p(8))], NO_ROUTE),
+            got(FAILURES, &[("dst_port", &p(1))], REFUSED_V4),
+            got(FAILURES, &[("dst_port", &p(2))], REFUSED_V6),
+            got(INBOUND_REFUSED, &[("local_port", &p(1))], REFUSED_V4),
+            got(RESETS_SENT, &[], RESETS),
+            got(RESETS_RECEIVED, &[("state", "established")], RESETS),
+            format!("{}/{cold}", value(m, FAILURES, &[("dst_port", &p(4))])),
+            got(EPISODES, &[("dst_port", &p(4)), ("outcome", "cold_start")], 1.0),
+            got(FAILURES, &[("dst_port", &p(7))], UDP_REFUSED),
+            got(FAILURES, &[("dst_port", &p(8))], NO_ROUTE),
             format!("{diag}/3"),
             format!("{}/{REFUSED_V4}", r.traced("connect_failed", &p(1))),
             ran.join(","),
@@ -629,8 +626,8 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
             ("dst_port", port.as_str()),
             ("errno", errno),
         ];
-        expect("refusal_connect_failures_total", &labels, n);
-        expect("refusal_connect_failures_total", &[("dst_port", port.as_str())], n);
+        expect(FAILURES, &labels, n);
+        expect(FAILURES, &[("dst_port", port.as_str())], n);
     }
     let refused = [
         ("127.0.0.1", p(1), REFUSED_V4),
@@ -648,15 +645,11 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
             ("dst_addr", addr),
             ("dst_port", port),
         ];
-        expect(
-            "refusal_connect_failures_total",
-            &[&target[..], &[("errno", "ECONNREFUSED")]].concat(),
-            *n,
-        );
+        expect(FAILURES, &[&target[..], &[("errno", "ECONNREFUSED")]].concat(), *n);
         // Nothing else counted for that port: no double count under another label.
-        expect("refusal_connect_failures_total", &[("dst_port", port)], *n);
+        expect(FAILURES, &[("dst_port", port)], *n);
         expect(
-            "refusal_resets_received_total",
+            RESETS_RECEIVED,
             &[
                 ("comm", "vm-client"),
                 ("dst_addr", addr),
@@ -665,23 +658,19 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
             ],
             *n,
         );
-        expect(
-            "refusal_inbound_refused_total",
-            &[("local_addr", addr), ("local_port", port)],
-            *n,
-        );
-        expect("refusal_inbound_refused_total", &[("local_port", port)], *n);
+        expect(INBOUND_REFUSED, &[("local_addr", addr), ("local_port", port)], *n);
+        expect(INBOUND_REFUSED, &[("local_port", port)], *n);
     }
     expect(
-        "refusal_resets_sent_total",
+        RESETS_SENT,
         &[("comm", "vm-client"), ("reason", k.abort_reason)],
         RESETS,
     );
-    expect("refusal_resets_sent_total", &[], RESETS);
-    expect("refusal_resets_received_total", &[("state", "established")], RESETS);
+    expect(RESETS_SENT, &[], RESETS);
+    expect(RESETS_RECEIVED, &[("state", "established")], RESETS);
     let cold_port = p(4);
     expect(
-        "refusal_episodes_total",
+        EPISODES,
         &[
             ("comm", "vm-client"),
             ("dst_port", &cold_port),
@@ -689,33 +678,29 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
         ],
         1.0,
     );
-    expect(
-        "refusal_cold_start_duration_seconds_count",
-        &[("dst_port", &cold_port)],
-        1.0,
-    );
+    expect(COLD_START_COUNT, &[("dst_port", &cold_port)], 1.0);
     for (n, addr, diagnosis) in [
         (1, "127.0.0.1", "not_listening"),
         (5, "192.0.2.1", "loopback_only"),
         (6, "127.0.0.1", "wrong_address"),
     ] {
         expect(
-            "refusal_inbound_diagnosis",
+            INBOUND_DIAGNOSIS,
             &[("local_addr", addr), ("local_port", &p(n)), ("diagnosis", diagnosis)],
             1.0,
         );
     }
     for hook in HOOKS {
-        expect("refusal_agent_probe_attached", &[("hook", hook)], 1.0);
+        expect(PROBE_ATTACHED, &[("hook", hook)], 1.0);
     }
     for hook in offering(mode) {
-        expect("refusal_agent_probe_attached", &[("hook", hook), ("mode", mode)], 1.0);
+        expect(PROBE_ATTACHED, &[("hook", hook), ("mode", mode)], 1.0);
     }
     for place in ["owner_map_full", "target_map_full", "reset_map_full"] {
-        expect("refusal_agent_events_dropped_total", &[("where", place)], 0.0);
+        expect(EVENTS_DROPPED, &[("where", place)], 0.0);
     }
     for prog in must_run(k, mode) {
-        if value(m, "refusal_agent_bpf_runs_total", &[("program", prog)]) == 0.0 {
+        if value(m, BPF_RUNS, &[("program", prog)]) == 0.0 {
             bad.push(format!("program {prog} never ran"));
         }
     }

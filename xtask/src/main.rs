@@ -75,19 +75,9 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Sum of the samples of `name` in Prometheus text `metrics` whose labels include all of
-/// `labels`.
-pub fn value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let matches = n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
-            matches.then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
+/// Cargo's target directory (`CARGO_TARGET_DIR` when set, relative to the workspace root).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |d| root().join(d))
 }
 
 fn smoke_report() -> PathBuf {
@@ -124,7 +114,7 @@ fn main() -> Result<()> {
             setup::toolchain()?;
             run(cargo().args(["build", "--release", "-p", "agent-user"]))?;
             let bin = root().join("target/release/refusal-agent");
-            let mut cmd = if setup::is_root() {
+            let mut cmd = if testkit::is_root() {
                 Command::new(&bin)
             } else {
                 let mut c = Command::new("sudo");
@@ -173,7 +163,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::toolchain()?;
             setup::test_packages()?;
-            if !setup::is_root() {
+            if !testkit::is_root() {
                 eprintln!("xtask: not root: kernel tests will skip (and fail when CI=true)");
             }
             // agent-ebpf builds for bpfel-unknown-none only (through agent-user's build.rs).

@@ -26,16 +26,6 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("cpio", "cpio"),
 ];
 
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().next() == Some("0")))
-        })
-        .unwrap_or(false)
-}
-
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
@@ -108,18 +98,13 @@ fn filetime_touch(path: &Path) -> std::io::Result<()> {
 pub fn test_packages() -> Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
-        .filter(|(bin, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
+        .filter(|(bin, _)| testkit::which(bin).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    if !is_root() {
+    if !testkit::is_root() {
         bail!("missing test packages {missing:?}: install them (apt-get install) or run as root");
     }
     let mut pkgs = missing.clone();

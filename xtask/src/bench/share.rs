@@ -1,9 +1,15 @@
 //! The share of a refused connect's CPU time spent in tracing code, from `perf record -g` on
 //! the client's CPU. One run gives it, so it does not drift with the machine's speed the way
 //! wall-clock ratios between runs do: the direct cost of each tracer, measured inside its run.
-use std::{path::Path, process::Command};
+use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
+use testkit::closed_port;
+
+use super::{
+    Opts,
+    harness::{Tracer, Variant, client_command, client_cpu, median_range},
+};
 
 /// Where tracing enters from the traced code: a sample with one of these on its stack runs
 /// only because something traces (the tracepoint's probes, BPF or classic, with the programs,
@@ -19,7 +25,7 @@ const ENTRIES: &[&str] = &[
 ];
 
 /// Percent of the samples on `cpu` that ran tracing code while `workload` ran there.
-pub fn tracing_share(cpu: usize, workload: &mut Command) -> Result<f64> {
+fn tracing_share(cpu: usize, workload: &mut Command) -> Result<f64> {
     let data = std::env::temp_dir().join(format!("refusal-bench-{}.perf", std::process::id()));
     let mut record = Command::new("perf");
     record
@@ -65,6 +71,54 @@ fn parse(script: &str) -> Result<f64> {
         bail!("perf recorded no samples");
     }
     Ok(tracing as f64 * 100.0 / all as f64)
+}
+
+/// Tracing code's share of the client CPU during refused connects, per variant (perf): a
+/// figure from within one run, which the machine's drifting speed does not move.
+pub(super) fn run(o: &Opts, report: &mut String) -> Result<Vec<(Variant, f64)>> {
+    let cpu = client_cpu();
+    let mut rounds: Vec<(Variant, Vec<f64>)> = Variant::ALL.iter().map(|v| (*v, Vec::new())).collect();
+    for r in 0..o.rounds {
+        for i in 0..rounds.len() {
+            let (v, samples) = &mut rounds[(i + r) % Variant::ALL.len()];
+            let port = closed_port();
+            let t = Tracer::start(*v, o)?;
+            let mut cmd = client_command(&["refused".into(), port.to_string(), o.refused.to_string()]);
+            samples.push(tracing_share(cpu, &mut cmd)?);
+            t.stop(*v, port, o.refused)?;
+        }
+    }
+    writeln!(report, "### Profile: tracing code's share of a refused connect\n")?;
+    writeln!(
+        report,
+        "`perf record -g -F 10000` on the client's CPU during {} refused connects, per variant and round ({} rounds, \
+         order rotated): the samples whose stack passes through tracing (a tracepoint's probes, BPF or classic, with \
+         the programs, maps, helpers and locks under them; the syscall slow path that syscall tracepoints turn on), as \
+         a share of all samples, median and range over the rounds; as overhead, share / (1 − share) is what that code \
+         adds to an untraced connect. Each figure comes from inside one run, so the machine's drifting speed between \
+         runs (the ranges above) moves it far less; it leaves out indirect costs such as cache misses.\n",
+        o.refused, o.rounds
+    )?;
+    writeln!(report, "| variant | share of CPU samples (range) | as overhead |")?;
+    writeln!(report, "| --- | --- | --- |")?;
+    let mut out = Vec::new();
+    for (v, samples) in rounds {
+        let (m, lo, hi) = median_range(&samples);
+        writeln!(
+            report,
+            "| {} | {m:.2} % ({lo:.2}–{hi:.2}) | {:+.1} % |",
+            v.name(),
+            as_overhead(m)
+        )?;
+        out.push((v, m));
+    }
+    writeln!(report)?;
+    Ok(out)
+}
+
+/// A share of a traced run's time (percent) as overhead on the untraced run (percent).
+pub(super) fn as_overhead(share: f64) -> f64 {
+    share / (100.0 - share) * 100.0
 }
 
 #[cfg(test)]

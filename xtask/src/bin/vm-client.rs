@@ -108,7 +108,7 @@ fn reset(port: &str, n: &str) -> Result<String> {
         let client =
             TcpStream::connect(listener.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
         let (server, _) = listener.accept().map_err(|e| e.to_string())?;
-        linger_zero(&client)?;
+        testkit::linger_zero(&client).map_err(|e| format!("SO_LINGER: {e}"))?;
         drop(client);
         // The RST has arrived once the server sees it.
         let mut buf = [0u8; 1];
@@ -118,12 +118,6 @@ fn reset(port: &str, n: &str) -> Result<String> {
         }
     }
     Ok(format!("reset {n}"))
-}
-
-fn linger_zero(s: &TcpStream) -> Result<()> {
-    socket2::SockRef::from(s)
-        .set_linger(Some(Duration::ZERO))
-        .map_err(|e| format!("SO_LINGER: {e}"))
 }
 
 fn cold_start(port: &str, ms: &str) -> Result<String> {
