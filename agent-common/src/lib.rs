@@ -295,10 +295,12 @@ pub struct Offsets {
     pub net_ns_inum: u32,
     pub skb_dev: u32,
     pub net_device_nd_net: u32,
-    /// A listener's bound address and port (`skc_num`, host order).
+    /// A listener's bound address and port (`skc_num`, host order), and `inet_sock.inet_sport`:
+    /// the port it listened on, still there when closing has already released `skc_num`.
     pub skc_rcv_saddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub skc_num: u32,
+    pub inet_sport: u32,
     /// `task_struct.flags` (`PF_EXITING`), `.exit_code`, `.pid`, `.signal →
     /// signal_struct.group_exit_code`: how a listener's closing task is ending.
     pub task_flags: u32,

@@ -83,7 +83,11 @@ pub fn started<M: Mem>(sk: *const u8) -> Result<u32, u32> {
 /// LISTEN → CLOSE, in the task that dropped the socket: close(2) while it lives, or its exit.
 #[inline(always)]
 pub fn stopped<M: Mem>(sk: *const u8) -> Result<u32, u32> {
-    let (family, addr, port) = sock::local::<M>(sk)?;
+    let (family, addr, bound) = sock::local::<M>(sk)?;
+    let port = match sock::listening_port::<M>(sk) {
+        0 => bound,
+        port => port,
+    };
     let netns = sock::netns::<M>(sk);
     send(|ev| {
         ev.kind = listen_event::STOPPED;

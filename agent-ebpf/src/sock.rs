@@ -45,6 +45,7 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     skc_rcv_saddr: 0,
     skc_v6_rcv_saddr: 0,
     skc_num: 0,
+    inet_sport: 0,
     task_flags: 0,
     task_exit_code: 0,
     task_pid: 0,
@@ -199,6 +200,18 @@ pub fn local<M: Mem>(sk: *const u8) -> Result<(u16, Addr, u16), u32> {
         _ => return Err(0),
     };
     Ok((family, addr, port))
+}
+
+/// The port a listener listened on, 0 if it never got to (a failed listen(2)). Closing a listener
+/// releases its port (`skc_num` reads 0) before the state change is traced, unless the port was
+/// bound explicitly; `inet_sport`, in `inet_sock` beyond `struct sock`, keeps it.
+#[inline(always)]
+pub fn listening_port<M: Mem>(sk: *const u8) -> u16 {
+    let tp = M::tcp_sock(sk);
+    if tp.is_null() {
+        return 0;
+    }
+    u16::from_be(M::get(tp, off!(inet_sport)).unwrap_or(0))
 }
 
 /// The inode number of the network namespace of `net` (a `struct net`), 0 if unknown.

@@ -1,4 +1,4 @@
-//! cgroup v2 directories for workload names.
+//! Cgroups made for tests: v2 directories for workload names, memory-limited ones for OOM kills.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -53,5 +53,87 @@ impl Drop for Cgroup {
                 break;
             }
         }
+    }
+}
+
+/// A cgroup with a memory limit, for OOM kills: cgroup v2 where its memory controller can be
+/// enabled, else the v1 memory hierarchy (hybrid hosts). Removed on drop.
+pub struct MemoryCgroup(PathBuf);
+
+/// Mount points from `/proc/self/mountinfo`: (filesystem type, super options, mount point).
+fn mounts() -> Vec<(String, String, PathBuf)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split_whitespace();
+            let (fstype, _source, options) = (post.next()?, post.next()?, post.next()?);
+            Some((
+                fstype.into(),
+                options.into(),
+                PathBuf::from(pre.split_whitespace().nth(4)?),
+            ))
+        })
+        .collect()
+}
+
+impl MemoryCgroup {
+    /// A cgroup `name` whose processes may use `limit` bytes, without swap; `None` where the
+    /// host has no memory controller to give one (loudly, and a failure under CI).
+    pub fn new(name: &str, limit: u64) -> Option<MemoryCgroup> {
+        let write = |dir: &Path, file: &str, value: &str| std::fs::write(dir.join(file), value).is_ok();
+        for (fstype, options, at) in mounts() {
+            if fstype == "cgroup2"
+                && std::fs::read_to_string(at.join("cgroup.controllers")).is_ok_and(|c| c.contains("memory"))
+            {
+                let _ = write(&at, "cgroup.subtree_control", "+memory");
+                let dir = at.join(name);
+                if std::fs::create_dir_all(&dir).is_ok()
+                    && write(&dir, "memory.max", &limit.to_string())
+                    && write(&dir, "memory.swap.max", "0")
+                {
+                    return Some(MemoryCgroup(dir));
+                }
+            }
+            if fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
+                // Below this process's own memory cgroup: a container may own only that one.
+                let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+                let rel = own
+                    .lines()
+                    .find_map(|l| {
+                        let mut f = l.splitn(3, ':');
+                        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                        controllers
+                            .split(',')
+                            .any(|c| c == "memory")
+                            .then(|| path.trim_start_matches('/'))
+                    })
+                    .unwrap_or("");
+                let dir = at.join(rel).join(name);
+                if std::fs::create_dir_all(&dir).is_ok() && write(&dir, "memory.limit_in_bytes", &limit.to_string()) {
+                    let _ = write(&dir, "memory.swappiness", "0");
+                    return Some(MemoryCgroup(dir));
+                }
+            }
+        }
+        let why = "no memory cgroup controller on this host (neither cgroup v2's nor v1's can be used)";
+        if crate::ci() {
+            panic!("{name}: {why}, and CI=true: refusing to skip");
+        }
+        eprintln!("\n!!! SKIPPED {name}: {why} !!!\n");
+        None
+    }
+
+    /// A `sh -c` script that moves the shell into the cgroup, then runs its arguments in its
+    /// place: `sh -c SCRIPT sh PROGRAM ARGS…`.
+    pub fn shell(&self) -> String {
+        format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.0.display())
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
     }
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 pub use crate::{
     bpf::{loaded_programs, program_ids, programs_gone},
-    cgroup::Cgroup,
+    cgroup::{Cgroup, MemoryCgroup},
     daemon::{Daemon, pin_dir},
     exposition::{series, value, wait_value},
     http::{get, get_with},

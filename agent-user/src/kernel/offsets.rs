@@ -134,6 +134,7 @@ const REQUIRED: &[(&str, &str, u32, Slot)] = &[
     ("sock", "sk_err", 4, |o| &mut o.sk_err),
     // Listeners and how the task that closes one is ending.
     ("sock_common", "skc_num", 2, |o| &mut o.skc_num),
+    ("inet_sock", "inet_sport", 2, |o| &mut o.inet_sport),
     ("sock_common", "skc_rcv_saddr", 4, |o| &mut o.skc_rcv_saddr),
     ("sock_common", "skc_v6_rcv_saddr", 16, |o| &mut o.skc_v6_rcv_saddr),
     ("task_struct", "flags", 4, |o| &mut o.task_flags),
