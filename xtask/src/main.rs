@@ -3,6 +3,7 @@ mod bench;
 mod fuzz;
 mod kernels;
 mod setup;
+mod stages;
 
 use std::{path::PathBuf, process::Command};
 
@@ -161,6 +162,8 @@ fn main() -> Result<()> {
             kernels::matrix(&kernels::Opts { bless })?;
         }
         Cmd::Test { args } => {
+            // Seconds, and it names the module that breaks the data flow before anything builds.
+            stages::check(&root())?;
             setup::toolchain()?;
             setup::test_packages()?;
             if !testkit::is_root() {

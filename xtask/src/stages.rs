@@ -34,7 +34,7 @@ fn roots(source: &str, own: &str) -> Result<Vec<(String, String)>> {
         }
 
         fn tree(&mut self, prefix: &[String], tree: &syn::UseTree) {
-            let mut at = |name: String| {
+            let at = |name: String| {
                 let mut p = prefix.to_vec();
                 p.push(name);
                 p
@@ -148,5 +148,10 @@ mod tests {
             violations(src, "serve", "agent-user").unwrap(),
             ["serve uses agent-user::cmd, a later stage"]
         );
+    }
+
+    #[test]
+    fn the_tree_keeps_the_data_flow() {
+        check(&crate::root()).unwrap();
     }
 }
