@@ -4,7 +4,7 @@
 # `trace --attach` side by side while vm-client makes traffic with known counts, all three with
 # the opt-in `--connect-sync` so that hook is proven too (the first `check` shows the default). Prints
 # everything as `@@ ` lines on the console for the host to judge; trace events are counted here
-# by kind and port (or reason). Run n uses ports 7000 + 100 n + 1…8: runs cannot see each other.
+# by kind and port (or reason). Run n uses ports 7000 + 100 n + 1…10: runs cannot see each other.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -14,6 +14,11 @@ mount -t tmpfs tmp /tmp
 mount -t tracefs nodev /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# A memory-limited cgroup for the listener the OOM killer takes.
+echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/oom
+echo 32M > /sys/fs/cgroup/oom/memory.max
+echo 0 > /sys/fs/cgroup/oom/memory.swap.max 2> /dev/null
 # Kernel messages would interleave with the results.
 echo 0 > /proc/sys/kernel/printk
 # Per-program run counts in /metrics prove which programs ran.
@@ -47,6 +52,7 @@ resets=$(arg resets)
 elsewhere=$(arg elsewhere)
 udp=$(arg udp)
 noroute=$(arg noroute)
+lost=$(arg lost)
 run=0
 for mode in $modes; do
     run=$((run + 1))
@@ -84,6 +90,9 @@ for mode in $modes; do
         say client "$(vm-client udp $((p + 7)) "$udp" 2>&1)"
         # No route: the guest has only lo, and this address is not on it.
         say client "$(vm-client noroute 198.51.100.1 $((p + 8)) "$noroute" 2>&1)"
+        # Listeners that die: by SIGKILL, and by the OOM killer.
+        say client "$(vm-client listen-killed $((p + 9)) "$lost" 2>&1)"
+        say client "$(vm-client listen-oom /sys/fs/cgroup/oom $((p + 10)) "$lost" 2>&1)"
         # Verdicts advance on the daemon's 250 ms tick; listeners are listed at most every second.
         sleep 1.5
         say client "$(cat /tmp/e5)"

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use testkit::{
     metrics::{
         BPF_RUNS, COLD_START_COUNT, EPISODES, EVENTS_DROPPED, FAILURES, INBOUND_DIAGNOSIS, INBOUND_REFUSED,
-        PROBE_ATTACHED, RESETS_RECEIVED, RESETS_SENT,
+        LISTENER_LOST, PROBE_ATTACHED, RESETS_RECEIVED, RESETS_SENT,
     },
     value,
 };
@@ -39,6 +39,8 @@ struct Kernel {
     /// The programs that must count RSTs sent and inbound refusals in (tp_btf, tracepoint) mode.
     send_reset: [&'static str; 2],
     inbound: [&'static str; 2],
+    /// The program that tells an OOM kill in tp_btf mode (`mark_victim` changed form in 6.8).
+    oom_btf: &'static str,
 }
 
 const KERNELS: &[Kernel] = &[
@@ -50,6 +52,7 @@ const KERNELS: &[Kernel] = &[
         abort_reason: "not_specified",
         send_reset: ["send_reset_btf_pre610", "send_reset_tp_pre610"],
         inbound: ["kfree_skb_btf", "kfree_skb_tp"],
+        oom_btf: "mark_victim_btf_pre68",
     },
     Kernel {
         series: "6.12",
@@ -57,11 +60,12 @@ const KERNELS: &[Kernel] = &[
         abort_reason: "tcp_state",
         send_reset: ["send_reset_btf", "send_reset_tp"],
         inbound: ["send_reset_btf", "send_reset_tp"],
+        oom_btf: "mark_victim_btf",
     },
 ];
 
 const MODES: [&str; 4] = ["fentry", "kprobe", "tp_btf", "tracepoint"];
-const HOOKS: [&str; 7] = [
+const HOOKS: [&str; 8] = [
     "state",
     "connect",
     "connect_sync",
@@ -69,6 +73,7 @@ const HOOKS: [&str; 7] = [
     "send_reset",
     "inbound",
     "receive_reset",
+    "oom",
 ];
 
 /// The hooks that offer a mode: `--attach` must put each of them on it.
@@ -82,6 +87,7 @@ fn offering(mode: &str) -> &'static [&'static str] {
             "send_reset",
             "inbound",
             "receive_reset",
+            "oom",
         ],
         _ => &HOOKS,
     }
@@ -98,6 +104,7 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
             "receive_reset_btf",
             k.send_reset[0],
             k.inbound[0],
+            k.oom_btf,
         ],
         _ => vec![
             "sock_state_tp",
@@ -107,6 +114,7 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
             "connect_exit",
             k.send_reset[1],
             k.inbound[1],
+            "mark_victim_tp",
         ],
     };
     // From 6.10 the inbound hook rides on the send_reset program.
@@ -114,7 +122,7 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
     programs
 }
 
-/// Traffic per run: `guest-init.sh` makes it on ports base + 1…8, with these counts, which it
+/// Traffic per run: `guest-init.sh` makes it on ports base + 1…10, with these counts, which it
 /// reads from the kernel command line (`ra.<name>=<count>`).
 const REFUSED_V4: f64 = 200.0;
 const REFUSED_V6: f64 = 50.0;
@@ -122,13 +130,25 @@ const RESETS: f64 = 50.0;
 const ELSEWHERE: f64 = 20.0;
 const UDP_REFUSED: f64 = 30.0;
 const NO_ROUTE: f64 = 10.0;
-const TRAFFIC: [(&str, f64); 6] = [
+/// Refused connects to each port whose listener died (SIGKILL, the OOM killer).
+const LOST: f64 = 5.0;
+const TRAFFIC: [(&str, f64); 7] = [
     ("refused_v4", REFUSED_V4),
     ("refused_v6", REFUSED_V6),
     ("resets", RESETS),
     ("elsewhere", ELSEWHERE),
     ("udp", UDP_REFUSED),
     ("noroute", NO_ROUTE),
+    ("lost", LOST),
+];
+/// The diagnosis of the refusals to each port (base + n, address): nothing ever listened on 1;
+/// 5 and 6 have a listener on another address; 9's listener was killed, 10's OOM-killed.
+const DIAGNOSES: [(u16, &str, &str); 5] = [
+    (1, "127.0.0.1", "never_listened"),
+    (5, "192.0.2.1", "loopback_only"),
+    (6, "127.0.0.1", "wrong_address"),
+    (9, "127.0.0.1", "listener_killed"),
+    (10, "127.0.0.1", "listener_killed"),
 ];
 /// A guest takes about 4 minutes (TCG, debug build, both kernels at once); past this it hangs.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(540);
@@ -483,7 +503,7 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
     if report.is_empty() {
         let _ = writeln!(
             report,
-            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>4} {:>8}  programs that ran",
+            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>4} {:>4} {:>4} {:>8}  programs that ran",
             "kernel",
             "mode",
             "result",
@@ -497,6 +517,8 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             "udp",
             "noroute",
             "diag",
+            "kill",
+            "oom",
             "traced"
         );
     }
@@ -514,12 +536,8 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             .iter()
             .find_map(|c| c.strip_prefix("cold-start "))
             .unwrap_or("?");
-        let diag = [
-            (1, "127.0.0.1", "not_listening"),
-            (5, "192.0.2.1", "loopback_only"),
-            (6, "127.0.0.1", "wrong_address"),
-        ]
-        .iter()
+        let diag = DIAGNOSES
+            .iter()
         .filter(|(n, a, d)| {
             value(
                 m,
@@ -536,7 +554,7 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             .collect();
         let _ = writeln!(
             report,
-            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>4} {:>8}  {}",
+            "  {:<6} {:<10} {:<6} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>7} {:>4} {:>4} {:>4} {:>8}  {}",
             k.series,
             mode,
             if bad.is_empty() { "PASS" } else { "FAIL" },
@@ -549,7 +567,9 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             got(EPISODES, &[("dst_port", &p(4)), ("outcome", "cold_start")], 1.0),
             got(FAILURES, &[("dst_port", &p(7))], UDP_REFUSED),
             got(FAILURES, &[("dst_port", &p(8))], NO_ROUTE),
-            format!("{diag}/3"),
+            format!("{diag}/{}", DIAGNOSES.len()),
+            got(LISTENER_LOST, &[("local_port", &p(9)), ("cause", "killed")], 1.0),
+            got(LISTENER_LOST, &[("local_port", &p(10)), ("cause", "oom_killed")], 1.0),
             format!("{}/{REFUSED_V4}", r.traced("connect_failed", &p(1))),
             ran.join(","),
         );
@@ -598,6 +618,8 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
         format!("cold-start {}", cold.unwrap_or(-1.0)),
         format!("udp {UDP_REFUSED}"),
         format!("noroute {NO_ROUTE}"),
+        format!("listen-killed {LOST}"),
+        format!("listen-oom {LOST}"),
         format!("elsewhere {ELSEWHERE}"),
         format!("elsewhere {ELSEWHERE}"),
     ];
@@ -629,12 +651,25 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
         expect(FAILURES, &labels, n);
         expect(FAILURES, &[("dst_port", port.as_str())], n);
     }
+    // Each listener lost once, by its cause, and nothing else lost on its port.
+    for (n, cause) in [(9, "killed"), (10, "oom_killed")] {
+        let labels = [
+            ("comm", "vm-client"),
+            ("local_port", &p(n)),
+            ("cause", cause),
+            ("after_reset", "false"),
+        ];
+        expect(LISTENER_LOST, &labels, 1.0);
+        expect(LISTENER_LOST, &[("local_port", &p(n))], 1.0);
+    }
     let refused = [
         ("127.0.0.1", p(1), REFUSED_V4),
         ("::1", p(2), REFUSED_V6),
         ("127.0.0.1", p(4), cold.unwrap_or(-1.0)),
         ("192.0.2.1", p(5), ELSEWHERE),
         ("127.0.0.1", p(6), ELSEWHERE),
+        ("127.0.0.1", p(9), LOST),
+        ("127.0.0.1", p(10), LOST),
     ];
     for (addr, port, n) in &refused {
         let port = port.as_str();
@@ -679,11 +714,7 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
         1.0,
     );
     expect(COLD_START_COUNT, &[("dst_port", &cold_port)], 1.0);
-    for (n, addr, diagnosis) in [
-        (1, "127.0.0.1", "not_listening"),
-        (5, "192.0.2.1", "loopback_only"),
-        (6, "127.0.0.1", "wrong_address"),
-    ] {
+    for (n, addr, diagnosis) in DIAGNOSES {
         expect(
             INBOUND_DIAGNOSIS,
             &[("local_addr", addr), ("local_port", &p(n)), ("diagnosis", diagnosis)],
@@ -696,7 +727,7 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
     for hook in offering(mode) {
         expect(PROBE_ATTACHED, &[("hook", hook), ("mode", mode)], 1.0);
     }
-    for place in ["owner_map_full", "target_map_full", "reset_map_full"] {
+    for place in ["owner_map_full", "target_map_full", "reset_map_full", "listen_ring_full"] {
         expect(EVENTS_DROPPED, &[("where", place)], 0.0);
     }
     for prog in must_run(k, mode) {

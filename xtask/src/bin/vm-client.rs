@@ -13,6 +13,11 @@
 //!   answered by ICMP port unreachable: N `ECONNREFUSED` on the next receive.
 //! - `noroute ADDR PORT N`: N connects to an address with no route: connect(2) itself fails
 //!   with `ENETUNREACH`, before any TCP state (the opt-in `connect_sync` hook counts these).
+//! - `listen-killed PORT N`: a child process listens on 127.0.0.1:PORT and is SIGKILLed, then N
+//!   connects to that port, refused.
+//! - `listen-oom CGROUP PORT N`: a child listens on 127.0.0.1:PORT inside the memory-limited
+//!   cgroup v2 directory CGROUP and allocates until the OOM killer takes it, then N connects,
+//!   refused.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::ExitCode,
@@ -29,9 +34,15 @@ fn main() -> ExitCode {
         ["elsewhere", listen, connect, port, n] => elsewhere(listen, connect, port, n),
         ["udp", port, n] => udp(port, n),
         ["noroute", addr, port, n] => noroute(addr, port, n),
+        ["listen-killed", port, n] => listen_killed(port, n),
+        ["listen-oom", cgroup, port, n] => listen_oom(cgroup, port, n),
+        // The child processes of the two above.
+        ["listen", port] => listen(port, false),
+        ["hog", port] => listen(port, true),
         _ => Err(
             "usage: vm-client refused ADDR PORT N | reset PORT N | cold-start PORT MS | \
-                  elsewhere LISTEN CONNECT PORT N | udp PORT N | noroute ADDR PORT N"
+                  elsewhere LISTEN CONNECT PORT N | udp PORT N | noroute ADDR PORT N | \
+                  listen-killed PORT N | listen-oom CGROUP PORT N"
                 .into(),
         ),
     };
@@ -58,9 +69,7 @@ fn ip(addr: &str) -> Result<IpAddr> {
 }
 
 fn refused(addr: &str, port: &str, n: &str) -> Result<String> {
-    let n = connects_fail(addr, port, n, "ECONNREFUSED", |e| {
-        e.kind() == std::io::ErrorKind::ConnectionRefused
-    })?;
+    let n = connects_fail(addr, port, n, "ECONNREFUSED", refused_error)?;
     Ok(format!("refused {n}"))
 }
 
@@ -153,4 +162,69 @@ fn elsewhere(listen: &str, connect: &str, port: &str, n: &str) -> Result<String>
     loop {
         std::thread::park();
     }
+}
+
+/// The child: listens on 127.0.0.1:PORT, says so, then waits to be killed, or (`hog`) touches
+/// memory a MiB at a time until the OOM killer takes it.
+fn listen(port: &str, hog: bool) -> Result<String> {
+    let _listener = TcpListener::bind((Ipv4Addr::LOCALHOST, num(port)?)).map_err(|e| e.to_string())?;
+    println!("listening");
+    std::io::Write::flush(&mut std::io::stdout()).map_err(|e| e.to_string())?;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        if hog {
+            held.push(vec![1; 1 << 20]);
+        } else {
+            std::thread::park();
+        }
+    }
+}
+
+/// Starts `cmd` (a child listener), waits until it listens, lets `end` end it, and checks it
+/// died of SIGKILL.
+fn child_listener(mut cmd: std::process::Command, end: impl FnOnce(&mut std::process::Child)) -> Result<()> {
+    use std::{io::BufRead as _, os::unix::process::ExitStatusExt as _};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the listener: {e}"))?;
+    let mut line = String::new();
+    let out = child.stdout.take().ok_or("no stdout")?;
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.trim() != "listening" {
+        return Err(format!("the listener said {line:?}"));
+    }
+    end(&mut child);
+    let status = child.wait().map_err(|e| e.to_string())?;
+    match status.signal() {
+        Some(libc::SIGKILL) => Ok(()),
+        _ => Err(format!("the listener ended with {status}, not SIGKILL")),
+    }
+}
+
+fn listen_killed(port: &str, n: &str) -> Result<String> {
+    let mut cmd = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    cmd.args(["listen", port]);
+    child_listener(cmd, |c| {
+        let _ = c.kill();
+    })?;
+    let n = connects_fail("127.0.0.1", port, n, "ECONNREFUSED", refused_error)?;
+    Ok(format!("listen-killed {n}"))
+}
+
+fn listen_oom(cgroup: &str, port: &str, n: &str) -> Result<String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // The shell joins the cgroup, then becomes the hog.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &format!("echo $$ > {cgroup}/cgroup.procs && exec \"$0\" hog {port}")])
+        .arg(exe);
+    child_listener(cmd, |_| {})?;
+    let n = connects_fail("127.0.0.1", port, n, "ECONNREFUSED", refused_error)?;
+    Ok(format!("listen-oom {n}"))
+}
+
+fn refused_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::ConnectionRefused
 }
