@@ -75,6 +75,15 @@ pub struct RunArgs {
     /// Forget targets idle this long [default: 1h].
     #[arg(long, env = "REFUSAL_FORGET_AFTER")]
     pub forget_after: Option<HumanDuration>,
+    /// A client silent this long while its target began accepting gave up [default: 30s].
+    #[arg(long, env = "REFUSAL_GAVE_UP_AFTER")]
+    pub gave_up_after: Option<HumanDuration>,
+    /// Cold starts within this window make the retry advice [default: 24h].
+    #[arg(long, env = "REFUSAL_ADVICE_WINDOW")]
+    pub advice_window: Option<HumanDuration>,
+    /// Cold starts needed before a target or port gets retry advice [default: 5].
+    #[arg(long, env = "REFUSAL_ADVICE_MIN_COLD_STARTS")]
+    pub advice_min_cold_starts: Option<usize>,
     /// Series per metric before new label sets fold into "other" [default: 10000].
     #[arg(long, env = "REFUSAL_MAX_SERIES")]
     pub max_series: Option<usize>,
@@ -124,6 +133,9 @@ impl RunArgs {
             flap_episodes,
             flap_window.0,
             forget_after.0,
+            gave_up_after.0,
+            advice_window.0,
+            advice_min_cold_starts,
             max_series,
             log_format,
             attach,

@@ -163,12 +163,35 @@ impl Drop for Prometheus {
     }
 }
 
-/// Every signal the dashboards show: refusals (cold start, persistent, flapping), inbound
-/// refusals, resets both ways.
+/// Every signal the dashboards show: refusals (cold start, persistent, flapping, a client that
+/// gives up before the cold start ends), inbound refusals, resets both ways, a listener killed.
 fn produce_signals(duration: Duration) {
     let start = Instant::now();
     let persistent = closed_port();
     let cold = closed_port();
+    // A client that stops after a second and a half, while `cold` listens only after 3 s.
+    let quitter = thread::Builder::new()
+        .name("quitter".into())
+        .spawn(move || {
+            while start.elapsed() < Duration::from_millis(1500) {
+                let _ = TcpStream::connect(("127.0.0.1", cold));
+                thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .unwrap();
+    // A listener SIGKILLed, whose port keeps being refused.
+    let killed = closed_port();
+    let mut victim = Command::new("python3")
+        .args(["-c", "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen()\nprint('listening', flush=True)\ntime.sleep(60)"])
+        .arg(killed.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(victim.stdout.take().unwrap()), &mut said).unwrap();
+    assert_eq!(said.trim(), "listening");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
     let resets = TcpListener::bind("127.0.0.1:0").unwrap();
     let resets_port = resets.local_addr().unwrap().port();
     thread::spawn(move || {
@@ -184,6 +207,7 @@ fn produce_signals(duration: Duration) {
         let _ = TcpStream::connect(("127.0.0.1", persistent));
         let _ = TcpStream::connect(("127.0.0.1", cold));
         let _ = TcpStream::connect(("127.0.0.1", flapping));
+        let _ = TcpStream::connect(("127.0.0.1", killed));
         let up = start.elapsed().as_secs() % 2 == 1;
         if up != flap_server.is_some() {
             flap_server = up.then(|| TcpListener::bind(("127.0.0.1", flapping)).unwrap());
@@ -196,6 +220,7 @@ fn produce_signals(duration: Duration) {
         }
         thread::sleep(Duration::from_millis(200));
     }
+    quitter.join().unwrap();
 }
 
 #[test]
@@ -206,7 +231,17 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
     let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let before = std::fs::read_to_string(stats).unwrap_or_default();
     std::fs::write(stats, "1").unwrap();
-    let d = Daemon::start(BIN, &["--persistent-after", "2s", "--cold-start-max", "30s"]);
+    let d = Daemon::start(
+        BIN,
+        &[
+            "--persistent-after",
+            "2s",
+            "--cold-start-max",
+            "30s",
+            "--gave-up-after",
+            "2s",
+        ],
+    );
     let prom = Prometheus::start(d.addr);
     produce_signals(Duration::from_secs(12));
     // A few more scrapes and rule evaluations after the last signal.

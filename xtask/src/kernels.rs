@@ -538,14 +538,14 @@ fn judge(k: &Kernel, g: &Guest, report: &mut String, fail: &mut dyn FnMut(String
             .unwrap_or("?");
         let diag = DIAGNOSES
             .iter()
-        .filter(|(n, a, d)| {
-            value(
-                m,
-                INBOUND_DIAGNOSIS,
-                &[("local_addr", a), ("local_port", &p(*n)), ("diagnosis", d)],
-            ) == 1.0
-        })
-        .count();
+            .filter(|(n, a, d)| {
+                value(
+                    m,
+                    INBOUND_DIAGNOSIS,
+                    &[("local_addr", a), ("local_port", &p(*n)), ("diagnosis", d)],
+                ) == 1.0
+            })
+            .count();
         // A table cell: what /metrics counted, over what was made.
         let got = |name: &str, labels: &[(&str, &str)], want: f64| format!("{}/{want}", value(m, name, labels));
         let ran: Vec<&str> = must_run(k, mode)
@@ -727,7 +727,12 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
     for hook in offering(mode) {
         expect(PROBE_ATTACHED, &[("hook", hook), ("mode", mode)], 1.0);
     }
-    for place in ["owner_map_full", "target_map_full", "reset_map_full", "listen_ring_full"] {
+    for place in [
+        "owner_map_full",
+        "target_map_full",
+        "reset_map_full",
+        "listen_ring_full",
+    ] {
         expect(EVENTS_DROPPED, &[("where", place)], 0.0);
     }
     for prog in must_run(k, mode) {

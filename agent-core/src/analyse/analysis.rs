@@ -18,7 +18,7 @@ use crate::{
         diagnosis::{self, Diagnosis},
         histogram::Histogram,
         listeners::{Book, Finding},
-        verdict::{Engine, Outcome, State, Target, format_duration},
+        verdict::{Engine, Outcome, State, Target, format_duration, format_secs},
     },
     collect::{labels::Label, listening::Seed, snapshot::Snapshot},
     config::Thresholds,
@@ -345,9 +345,9 @@ impl Analysis {
                     "{} stopped retrying after {}; :{} {accepted} {} after the first refusal: its retry budget is \
                      shorter than the boot",
                     id.comm,
-                    format_duration(Duration::from_secs_f64(retried)),
+                    format_secs(retried),
                     id.dst_port,
-                    format_duration(Duration::from_secs_f64(boot)),
+                    format_secs(boot),
                 );
                 explanation.extend(advice.map(|a| format!("; {a}")));
             }

@@ -327,11 +327,10 @@ impl<K: Ord + Clone> Engine<K> {
                 let took = format_duration(e.ended.unwrap_or(e.started).saturating_sub(e.started));
                 let how = match e.outcome {
                     Some(Outcome::Recovered { .. }) => format!("recovered after {took} of refusals"),
-                    Some(Outcome::GaveUp { boot, .. }) => format!(
-                        "its client stopped retrying after {took}, {} before the target began accepting",
-                        format_duration(
-                            Duration::from_secs_f64(boot).saturating_sub(Duration::from_secs_f64(took_s(e)))
-                        )
+                    Some(Outcome::GaveUp { retried, boot, .. }) => format!(
+                        "its client stopped retrying after {}, {} before the target began accepting",
+                        format_secs(retried),
+                        format_secs(boot - retried)
                     ),
                     _ => format!("a cold start that took {took}"),
                 };
@@ -346,6 +345,13 @@ impl<K: Ord + Clone> Engine<K> {
     }
 }
 
+/// Seconds measured at the collection's resolution, as [`format_duration`] prints them, rounded
+/// to the nearest second from one up (5.95 s is "6s", not "5s").
+pub fn format_secs(s: f64) -> String {
+    let s = if s >= 1.0 { s.round() } else { s };
+    format_duration(Duration::from_secs_f64(s.max(0.0)))
+}
+
 /// "45s", "3m12s", "1h2m", "850ms" below a second: coarse on purpose, for people.
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -357,10 +363,6 @@ pub fn format_duration(d: Duration) -> String {
         (h, 0, _) => format!("{h}h"),
         (h, m, _) => format!("{h}h{m}m"),
     }
-}
-
-fn took_s(e: &Episode) -> f64 {
-    e.ended.unwrap_or(e.started).saturating_sub(e.started).as_secs_f64()
 }
 
 fn times(n: u64) -> String {

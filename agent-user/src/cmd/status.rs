@@ -6,12 +6,13 @@ use std::{
     time::Duration,
 };
 
-use agent_core::serve::views::Target;
+use agent_core::serve::views::{PortAdvice, Target};
 
 pub fn run(listen: SocketAddr) -> ExitCode {
-    match fetch_targets(listen) {
-        Ok(targets) => {
-            print!("{}", table(&targets));
+    match fetch(listen) {
+        Ok(body) => {
+            print!("{}", table(&body.targets));
+            print!("{}", advice(&body.ports));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -21,7 +22,15 @@ pub fn run(listen: SocketAddr) -> ExitCode {
     }
 }
 
-fn fetch_targets(addr: SocketAddr) -> Result<Vec<Target>, String> {
+/// What `status` reads of `/api/targets`.
+#[derive(serde::Deserialize)]
+struct Body {
+    targets: Vec<Target>,
+    #[serde(default)]
+    ports: Vec<PortAdvice>,
+}
+
+fn fetch(addr: SocketAddr) -> Result<Body, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
@@ -32,13 +41,7 @@ fn fetch_targets(addr: SocketAddr) -> Result<Vec<Target>, String> {
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(head.lines().next().unwrap_or_default().to_string());
     }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        targets: Vec<Target>,
-    }
-    serde_json::from_str::<Body>(body)
-        .map(|b| b.targets)
-        .map_err(|e| e.to_string())
+    serde_json::from_str::<Body>(body).map_err(|e| e.to_string())
 }
 
 pub fn table(targets: &[Target]) -> String {
@@ -56,6 +59,18 @@ pub fn table(targets: &[Target]) -> String {
             "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
             t.workload, t.comm, target, t.state, t.refused_total, t.explanation
         ));
+    }
+    out
+}
+
+/// The retry advice per destination port, under the table; nothing until enough cold starts.
+pub fn advice(ports: &[PortAdvice]) -> String {
+    if ports.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nRETRY ADVICE\n");
+    for p in ports {
+        out.push_str(&format!("{}\n", p.sentence));
     }
     out
 }
@@ -85,6 +100,19 @@ mod tests {
         assert!(
             row.ends_with("persistent     212  refused 212 times over 3m12s and never accepted"),
             "{row}"
+        );
+    }
+
+    #[test]
+    fn advice_follows_the_table_once_there_is_some() {
+        assert_eq!(advice(&[]), "");
+        let p = PortAdvice {
+            dst_port: 8080,
+            sentence: "cold starts of :8080 took 12–52 s (p95 48 s, 40 seen in 24h): retry for at least 60 s".into(),
+        };
+        assert_eq!(
+            advice(&[p]),
+            "\nRETRY ADVICE\ncold starts of :8080 took 12–52 s (p95 48 s, 40 seen in 24h): retry for at least 60 s\n"
         );
     }
 }

@@ -218,8 +218,11 @@ fn listen_oom(cgroup: &str, port: &str, n: &str) -> Result<String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // The shell joins the cgroup, then becomes the hog.
     let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", &format!("echo $$ > {cgroup}/cgroup.procs && exec \"$0\" hog {port}")])
-        .arg(exe);
+    cmd.args([
+        "-c",
+        &format!("echo $$ > {cgroup}/cgroup.procs && exec \"$0\" hog {port}"),
+    ])
+    .arg(exe);
     child_listener(cmd, |_| {})?;
     let n = connects_fail("127.0.0.1", port, n, "ECONNREFUSED", refused_error)?;
     Ok(format!("listen-oom {n}"))
