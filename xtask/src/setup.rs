@@ -17,6 +17,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // Listeners that die in every way a process can, and a Node server that does not handle
+    // an upstream's reset.
+    ("python3", "python3"),
+    ("node", "nodejs"),
     // The benchmarks: the client pinned to a CPU, and the profile of tracing code's share.
     ("taskset", "util-linux"),
     ("perf", "linux-perf"),
