@@ -39,7 +39,8 @@ struct Kernel {
     /// The programs that must count RSTs sent and inbound refusals in (tp_btf, tracepoint) mode.
     send_reset: [&'static str; 2],
     inbound: [&'static str; 2],
-    /// The program that tells an OOM kill in tp_btf mode (`mark_victim` changed form in 6.8).
+    /// The program that tells an OOM kill in tp_btf mode (`mark_victim` changed form in 6.8; the
+    /// older form's program is chosen by the tracepoint's arguments, not by version).
     oom_btf: &'static str,
 }
 
@@ -52,7 +53,8 @@ const KERNELS: &[Kernel] = &[
         abort_reason: "not_specified",
         send_reset: ["send_reset_btf_pre610", "send_reset_tp_pre610"],
         inbound: ["kfree_skb_btf", "kfree_skb_tp"],
-        oom_btf: "mark_victim_btf_pre68",
+        // Debian backported the two-argument `mark_victim` (6.8) to its 6.1.
+        oom_btf: "mark_victim_btf",
     },
     Kernel {
         series: "6.12",
