@@ -1,11 +1,14 @@
-//! Individual events from the `trace` copy of the programs, decoded into what `refusal-agent
-//! trace` prints: a text line or one JSON object.
+//! Individual events from the `trace` copy of the programs, and the listener events every copy
+//! sends, decoded into what `refusal-agent trace` prints: a text line or one JSON object.
 use std::collections::BTreeMap;
 
 use agent_common::{Event, event_kind};
 use serde::Serialize;
 
-use crate::collect::labels;
+use crate::collect::{
+    labels,
+    listening::{Ending, ListenerEvent, signal_name},
+};
 
 #[derive(Debug, PartialEq, Serialize)]
 pub struct Line {
@@ -34,6 +37,78 @@ pub struct Line {
     pub peer_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_port: Option<u16>,
+    /// The network namespace of a listener event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// How the task that closed a listener was ending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub how: Option<String>,
+}
+
+/// Decodes a listener event (`proto` is TCP); times as in [`line`].
+pub fn listener_line(ev: &ListenerEvent, realtime_offset_ns: i128) -> Line {
+    let time = |at: std::time::Duration| (at.as_nanos() as i128 + realtime_offset_ns) as f64 / 1e9;
+    let mut l = Line {
+        time: 0.0,
+        kind: "",
+        pid: 0,
+        comm: String::new(),
+        workload: String::new(),
+        proto: "tcp",
+        dst_addr: None,
+        dst_port: None,
+        errno: None,
+        state: None,
+        reason: None,
+        local_addr: None,
+        local_port: None,
+        peer_addr: None,
+        peer_port: None,
+        netns: None,
+        how: None,
+    };
+    let (at, process, local, netns) = match ev {
+        ListenerEvent::Started {
+            at,
+            netns,
+            local,
+            owner,
+        } => {
+            l.kind = "listen_started";
+            (at, Some(owner), Some(local), Some(netns))
+        }
+        ListenerEvent::Stopped {
+            at,
+            netns,
+            local,
+            by,
+            ending,
+            ..
+        } => {
+            l.kind = "listen_stopped";
+            l.how = Some(match ending {
+                Ending::Alive => "closed".to_string(),
+                Ending::Exited { code } => format!("exited with code {code}"),
+                Ending::Signaled { signal, .. } => format!("killed by {}", signal_name(*signal)),
+            });
+            (at, Some(by), Some(local), Some(netns))
+        }
+        ListenerEvent::OomVictim { at, tgid, pid } => {
+            l.kind = "oom_victim";
+            l.pid = if *tgid != 0 { *tgid } else { *pid };
+            (at, None, None, None)
+        }
+    };
+    l.time = time(*at);
+    if let Some(p) = process {
+        (l.pid, l.comm, l.workload) = (p.tgid, p.comm.to_string(), p.workload.to_string());
+    }
+    if let Some(local) = local {
+        l.local_addr = Some(local.ip().to_string());
+        l.local_port = Some(local.port());
+    }
+    l.netns = netns.copied();
+    l
 }
 
 /// Decodes one event. `realtime_offset_ns` turns the kernel's monotonic time into Unix time.
@@ -55,6 +130,8 @@ pub fn line(ev: &Event, workload: String, reasons: &BTreeMap<u32, String>, realt
         local_port: None,
         peer_addr: None,
         peer_port: None,
+        netns: None,
+        how: None,
     };
     let dst = |l: &mut Line| {
         l.dst_addr = Some(labels::addr(ev.daddr));
@@ -109,10 +186,14 @@ pub fn text(l: &Line) -> String {
     if let (Some(a), Some(p)) = (&l.peer_addr, l.peer_port) {
         out += &format!(" peer={}", addr(a, p));
     }
+    if let Some(ns) = l.netns {
+        out += &format!(" netns={ns}");
+    }
     for (k, v) in [
         ("errno", l.errno.as_deref()),
         ("state", l.state),
         ("reason", l.reason.as_deref()),
+        ("how", l.how.as_deref()),
     ] {
         if let Some(v) = v {
             out += &format!(" {k}={v}");
@@ -176,5 +257,35 @@ mod tests {
             ..Event::default()
         };
         assert_eq!(line(&rcv, "/".into(), &reasons, 0).state, Some("established"));
+    }
+
+    #[test]
+    fn renders_listener_events() {
+        let owner = crate::collect::listening::Process {
+            tgid: 88,
+            comm: "node".into(),
+            workload: "service:proxy.service".into(),
+        };
+        let stopped = ListenerEvent::Stopped {
+            at: std::time::Duration::from_secs(2),
+            netns: 4026531840,
+            local: "0.0.0.0:3000".parse().unwrap(),
+            by: owner,
+            pid: 88,
+            ending: Ending::Exited { code: 1 },
+            last_reset: None,
+        };
+        assert_eq!(
+            text(&listener_line(&stopped, 1_000_000_000)),
+            "3.000 listen_stopped  pid=88 comm=node workload=service:proxy.service tcp local=0.0.0.0:3000 \
+             netns=4026531840 how=exited with code 1"
+        );
+        let oom = ListenerEvent::OomVictim {
+            at: std::time::Duration::from_secs(1),
+            tgid: 0,
+            pid: 51,
+        };
+        let l = listener_line(&oom, 0);
+        assert_eq!((l.kind, l.pid, l.local_port), ("oom_victim", 51, None));
     }
 }

@@ -1,6 +1,7 @@
 //! `refusal-agent trace`: a live stream of individual events. Loads its own copy of the
-//! programs with event emission on (the daemon's never emit) and drains the ring buffer on a
-//! timer: the programs never wake anyone per event.
+//! programs with event emission on (the daemon's never emit) and drains its ring buffers on a
+//! timer, the connect events' and the listeners' (started, stopped and how, OOM victims): the
+//! programs never wake anyone per event.
 use std::{
     io::Write,
     process::ExitCode,
@@ -11,9 +12,13 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Event, names};
+use agent_common::{Event, ListenEvent, names};
 use agent_core::{
-    collect::events::{line, text},
+    collect::{
+        events::{Line, line, listener_line, text},
+        labels,
+        listening::ListenerEvent,
+    },
     config::AttachMode,
 };
 use aya::maps::RingBuf;
@@ -32,13 +37,25 @@ fn realtime_offset_ns() -> i128 {
     now.as_nanos() as i128 - i128::from(monotonic_ns())
 }
 
+/// A `T` the kernel wrote at the start of `bytes`.
+///
+/// # Safety
+/// `bytes` holds at least `size_of::<T>()` bytes, and every bit pattern is a valid `T`.
+unsafe fn read<T>(bytes: &[u8]) -> T {
+    // SAFETY: as the caller promises; unaligned, as ring buffer records may be.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
+}
+
 pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let kernel = loader::prepare().map_err(|e| e.to_string())?;
         let mut loaded =
             loader::load_and_attach(&kernel, attach, opt_in, loader::Flavor::Trace, None).map_err(|e| e.to_string())?;
-        let map = loaded.ebpf.take_map(names::EVENTS).ok_or("EVENTS map missing")?;
-        let mut ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
+        let mut ring = |name: &str| {
+            let map = loaded.ebpf.take_map(name).ok_or(format!("{name} map missing"))?;
+            RingBuf::try_from(map).map_err(|e| e.to_string())
+        };
+        let (mut events, mut listeners) = (ring(names::EVENTS)?, ring(names::LISTEN_EVENTS)?);
         let mut resolver = CgroupResolver::new().ok();
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -47,25 +64,41 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
         let offset = realtime_offset_ns();
         let mut out = std::io::stdout().lock();
         eprintln!("tracing; Ctrl-C to stop");
+        let mut workload = |cgroup_id| match resolver.as_mut() {
+            Some(r) => r.workload(cgroup_id),
+            None => format!("cgroup:{cgroup_id}"),
+        };
+        let mut print = |l: Line| {
+            let text = if json {
+                serde_json::to_string(&l).unwrap_or_default()
+            } else {
+                text(&l)
+            };
+            writeln!(out, "{text}").and_then(|_| out.flush())
+        };
         while !stop.load(Ordering::Relaxed) {
-            while let Some(item) = ring.next() {
-                if item.len() < size_of::<Event>() {
+            while let Some(item) = events.next() {
+                // SAFETY: a whole `Event` (checked length), read unaligned.
+                let Some(ev) = (item.len() >= size_of::<Event>()).then(|| unsafe { read::<Event>(&item) }) else {
                     continue;
-                }
-                // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
-                let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                let workload = match resolver.as_mut() {
-                    Some(r) => r.workload(ev.cgroup_id),
-                    None => format!("cgroup:{}", ev.cgroup_id),
                 };
-                let l = line(&ev, workload, &kernel.resolved.rst_reasons, offset);
-                let text = if json {
-                    serde_json::to_string(&l).unwrap_or_default()
-                } else {
-                    text(&l)
-                };
-                if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                let l = line(&ev, workload(ev.cgroup_id), &kernel.resolved.rst_reasons, offset);
+                if print(l).is_err() {
                     return Ok(()); // stdout closed (piped into head): done.
+                }
+            }
+            while let Some(item) = listeners.next() {
+                // SAFETY: as above, a `ListenEvent`.
+                let Some(raw) = (item.len() >= size_of::<ListenEvent>()).then(|| unsafe { read::<ListenEvent>(&item) })
+                else {
+                    continue;
+                };
+                let comm = labels::comm(&raw.comm).into();
+                let Some(ev) = ListenerEvent::decode(&raw, workload(raw.cgroup_id).into(), comm) else {
+                    continue;
+                };
+                if print(listener_line(&ev, offset)).is_err() {
+                    return Ok(());
                 }
             }
             std::thread::sleep(DRAIN_EVERY);
