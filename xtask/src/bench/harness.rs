@@ -217,10 +217,24 @@ impl Bpftrace {
 
     /// Stops it and returns the failures it counted for `port`.
     fn stop(mut self, port: u16) -> Result<u64> {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()?;
-        self.child.wait()?;
+        // bpftrace 0.17 sometimes misses a SIGINT (seen here: a bench waited 7 minutes on one):
+        // ask again every second until it prints its maps and exits.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("bpftrace did not stop on SIGINT");
+            }
+            Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status()?;
+            for _ in 0..10 {
+                if self.child.try_wait()?.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let text = std::fs::read_to_string(&self.out)?;
         let _ = std::fs::remove_file(&self.out);
         Ok(text

@@ -11,7 +11,12 @@ use super::{
     share::as_overhead,
 };
 
-/// Appends the targets to the parts' `report` and writes the whole document to `o.out`.
+/// What follows this line in the document survives regeneration: comparisons of two trees that
+/// one run of the bench cannot make (a change's before and after).
+const KEPT: &str = "<!-- kept when regenerated -->";
+
+/// Appends the targets to the parts' `report` and writes the whole document to `o.out`, keeping
+/// its [`KEPT`] part.
 pub(super) fn write(o: &Opts, m: &Measured, mut report: String) -> Result<()> {
     targets(m, &mut report)?;
     let date = Command::new("date")
@@ -25,7 +30,11 @@ pub(super) fn write(o: &Opts, m: &Measured, mut report: String) -> Result<()> {
          shared and noisy, so wall-clock ratios move by a few percent between runs while kernel time per program is steady.\n\n{report}",
         machine()
     );
-    std::fs::write(&o.out, doc).with_context(|| format!("writing {}", o.out.display()))?;
+    let kept = std::fs::read_to_string(&o.out)
+        .ok()
+        .and_then(|old| Some(format!("{KEPT}{}", old.split_once(KEPT)?.1)))
+        .unwrap_or_default();
+    std::fs::write(&o.out, doc + &kept).with_context(|| format!("writing {}", o.out.display()))?;
     eprintln!("bench: wrote {}", o.out.display());
     Ok(())
 }
