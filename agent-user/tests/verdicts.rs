@@ -232,7 +232,7 @@ fn inbound_refusals_are_diagnosed_from_the_listeners() {
     // wrong_address: a listener on the host's other veth address.
     let other = TcpListener::bind("10.200.21.3:0").unwrap();
     let other_port = other.local_addr().unwrap().port();
-    // not_listening: nothing at all.
+    // never_listened: nothing at all, since the daemon started (the listener history).
     let none_port = closed_port();
     for port in [lo_port, other_port, none_port] {
         let out = ns.exec(&format!("curl -s http://10.200.21.1:{port}/[1-3]; true"));
@@ -241,7 +241,7 @@ fn inbound_refusals_are_diagnosed_from_the_listeners() {
     for (port, diagnosis) in [
         (lo_port, "loopback_only"),
         (other_port, "wrong_address"),
-        (none_port, "not_listening"),
+        (none_port, "never_listened"),
     ] {
         let p = port.to_string();
         let labels = [

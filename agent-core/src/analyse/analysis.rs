@@ -394,7 +394,11 @@ impl Analysis {
                 "; the same workload reaches port {} on {other}: stale address",
                 id.dst_port
             ));
-            diagnosis = diagnosis.or(Some("stale_address"));
+            // The client's own address is wrong: that says more than where the port listens or
+            // did not, but less than a listener that went away.
+            if !diagnosis.is_some_and(|d| d.starts_with("listener_")) {
+                diagnosis = Some("stale_address");
+            }
         }
         (diagnosis, explanation)
     }
