@@ -10,7 +10,7 @@ use crate::collect::{
     listening::{Ending, ListenerEvent, signal_name},
 };
 
-#[derive(Debug, PartialEq, Serialize)]
+#[derive(Debug, Default, PartialEq, Serialize)]
 pub struct Line {
     /// Unix time in seconds.
     pub time: f64,
@@ -49,23 +49,8 @@ pub struct Line {
 pub fn listener_line(ev: &ListenerEvent, realtime_offset_ns: i128) -> Line {
     let time = |at: std::time::Duration| (at.as_nanos() as i128 + realtime_offset_ns) as f64 / 1e9;
     let mut l = Line {
-        time: 0.0,
-        kind: "",
-        pid: 0,
-        comm: String::new(),
-        workload: String::new(),
         proto: "tcp",
-        dst_addr: None,
-        dst_port: None,
-        errno: None,
-        state: None,
-        reason: None,
-        local_addr: None,
-        local_port: None,
-        peer_addr: None,
-        peer_port: None,
-        netns: None,
-        how: None,
+        ..Line::default()
     };
     let (at, process, local, netns) = match ev {
         ListenerEvent::Started {
@@ -121,17 +106,7 @@ pub fn line(ev: &Event, workload: String, reasons: &BTreeMap<u32, String>, realt
         comm: labels::comm(&ev.comm),
         workload,
         proto: labels::proto(ev.proto),
-        dst_addr: None,
-        dst_port: None,
-        errno: None,
-        state: None,
-        reason: None,
-        local_addr: None,
-        local_port: None,
-        peer_addr: None,
-        peer_port: None,
-        netns: None,
-        how: None,
+        ..Line::default()
     };
     let dst = |l: &mut Line| {
         l.dst_addr = Some(labels::addr(ev.daddr));

@@ -24,18 +24,11 @@ use agent_core::{
 use aya::maps::RingBuf;
 
 use crate::{
-    collect::{cgroups::CgroupResolver, clock::monotonic_ns},
+    collect::{cgroups::CgroupResolver, clock::realtime_offset_ns},
     kernel::loader,
 };
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
-
-fn realtime_offset_ns() -> i128 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    now.as_nanos() as i128 - i128::from(monotonic_ns())
-}
 
 /// A `T` the kernel wrote at the start of `bytes`.
 ///
