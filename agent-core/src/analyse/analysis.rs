@@ -69,6 +69,9 @@ pub struct Analysis {
     /// Inbound refusals by the namespace that refused and the local address and port.
     inbound_seen: HashMap<Local, u64>,
     inbound_last: HashMap<Local, Duration>,
+    /// The same by address and port: when this host last refused it, in which namespace (a
+    /// lookup per target instead of a walk of every refused address).
+    refused_by: HashMap<(IpAddr, u16), (Duration, u32)>,
     listeners: Book,
     listed_at: Option<Duration>,
     now: Duration,
@@ -90,6 +93,7 @@ impl Analysis {
             boots_by_port: Boots::default(),
             inbound_seen: HashMap::new(),
             inbound_last: HashMap::new(),
+            refused_by: HashMap::new(),
             listeners: Book::new(started, seed),
             listed_at: None,
             now: started,
@@ -155,10 +159,24 @@ impl Analysis {
     /// retries if that is longer: one that merely waits longer comes back and cold-starts.
     fn judge_gave_up(&mut self, now: Duration) {
         let th = self.engine.thresholds();
-        let ended: Vec<(TargetId, Duration, bool)> = (self.engine.open())
+        let mut quiet = (self.engine.open())
             .filter(|(_, ep)| now >= ep.last + th.gave_up_after.max(ep.longest_gap * 2))
+            .peekable();
+        if quiet.peek().is_none() {
+            return;
+        }
+        // Every client's last success per destination, sorted: one pass over the targets per
+        // tick, not one per quiet episode (a port scan leaves thousands).
+        let mut successes: HashMap<(IpAddr, u16), Vec<Duration>> = HashMap::new();
+        for (other, t) in self.engine.iter() {
+            if let Some(at) = t.last_success {
+                successes.entry((other.dst_addr, other.dst_port)).or_default().push(at);
+            }
+        }
+        successes.values_mut().for_each(|v| v.sort_unstable());
+        let ended: Vec<(TargetId, Duration, bool)> = quiet
             .filter_map(|(id, ep)| {
-                let (at, listening) = self.accepting_since(id, ep.started, ep.last)?;
+                let (at, listening) = self.accepting_since(id, ep.started, ep.last, &successes)?;
                 (at.saturating_sub(ep.last) <= th.cold_start_max).then(|| (id.clone(), at, listening))
             })
             .collect();
@@ -171,8 +189,15 @@ impl Analysis {
 
     /// When `id`'s destination began accepting, after an episode that started at `started` and
     /// refused last at `last`: a listener of this host on it appeared (`true`), or another
-    /// client got through (`false`); the earlier of the two.
-    fn accepting_since(&self, id: &TargetId, started: Duration, last: Duration) -> Option<(Duration, bool)> {
+    /// client got through (`false`); the earlier of the two. `successes` holds every client's
+    /// last success per destination, sorted; a client's own is older than its open episode.
+    fn accepting_since(
+        &self,
+        id: &TargetId,
+        started: Duration,
+        last: Duration,
+        successes: &HashMap<(IpAddr, u16), Vec<Duration>>,
+    ) -> Option<(Duration, bool)> {
         let local = SocketAddr::new(id.dst_addr, id.dst_port);
         let listener = self.refused_in(local).and_then(|ns| {
             (self.listeners.listening(ns, id.dst_port))
@@ -180,10 +205,9 @@ impl Analysis {
                 .filter_map(|l| l.since.filter(|at| *at >= started))
                 .min()
         });
-        let other = (self.engine.iter())
-            .filter(|(other, _)| *other != id && other.dst_addr == id.dst_addr && other.dst_port == id.dst_port)
-            .filter_map(|(_, t)| t.last_success.filter(|at| *at >= last))
-            .min();
+        let other = successes
+            .get(&(id.dst_addr, id.dst_port))
+            .and_then(|v| v.get(v.partition_point(|at| *at < last)).copied());
         match (listener, other) {
             (Some(l), Some(o)) if o < l => Some((o, false)),
             (Some(l), _) => Some((l, true)),
@@ -234,10 +258,12 @@ impl Analysis {
             if i.count > *seen {
                 *seen = i.count;
                 self.inbound_last.insert(key, now);
+                self.refused_by.insert((i.local_addr, i.local_port), (now, i.netns));
             }
         }
-        self.inbound_last
-            .retain(|_, at| now.saturating_sub(*at) < INBOUND_RECENT);
+        let recent = |at: &Duration| now.saturating_sub(*at) < INBOUND_RECENT;
+        self.inbound_last.retain(|_, at| recent(at));
+        self.refused_by.retain(|_, (at, _)| recent(at));
     }
 
     /// Whether the own namespace's listeners should be listed now: listener events were lost,
@@ -312,10 +338,7 @@ impl Analysis {
 
     /// The namespace that refused connections to `local` most recently, if this host did.
     pub fn refused_in(&self, local: SocketAddr) -> Option<u32> {
-        (self.inbound_last.iter())
-            .filter(|((_, addr, port), _)| *addr == local.ip() && *port == local.port())
-            .max_by_key(|(_, at)| **at)
-            .map(|((ns, _, _), _)| *ns)
+        self.refused_by.get(&(local.ip(), local.port())).map(|(_, ns)| *ns)
     }
 
     /// Drop points of the analysis itself, for `refusal_agent_events_dropped_total`.
