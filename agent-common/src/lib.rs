@@ -269,6 +269,10 @@ pub struct Offsets {
     /// `sock.sk_cgrp_data.cgroup → cgroup.kn → kernfs_node.id`: the socket's cgroup v2 id.
     pub sk_cgrp_data: u32,
     pub sock_cgroup_data_cgroup: u32,
+    /// Non-zero where `sock_cgroup_data` is the word `val` instead (before 5.15): a cgroup
+    /// pointer unless one of its two low bits is set (net_cls/net_prio data, or no reference),
+    /// when the socket counts as the root cgroup's; `sock_cgroup_data_cgroup` is `val`'s offset.
+    pub sock_cgroup_data_tagged: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
     /// `task_struct.comm`, `.tgid` and `.cgroups → css_set.dfl_cgrp` (then `cgroup.kn →
@@ -276,6 +280,10 @@ pub struct Offsets {
     /// calls; 0 where missing (the helpers then).
     pub task_comm: u32,
     pub task_tgid: u32,
+    /// Non-zero where the kernel has `bpf_get_current_task_btf` (5.11+): the current task as a
+    /// BTF pointer, read with plain loads; else its address from `bpf_get_current_task`, read
+    /// with probe reads, and connect owners from the helpers.
+    pub task_btf: u32,
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,
     pub skb_head: u32,
@@ -348,7 +356,10 @@ pub mod config {
     pub const WATCHING: u32 = 1;
     /// The generation of programs that counts: see `GENERATION` in the kernel object.
     pub const GENERATION: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Non-zero when the inbound hook rides on `send_reset` (6.10+: its tracepoint fires for
+    /// RSTs sent without a socket); else a program of its own counts them, and this one must not.
+    pub const INBOUND_BY_SEND_RESET: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Names of the maps and globals user space looks up in the object.

@@ -2,18 +2,30 @@
 //! (ECONNREFUSED), or host/net unreachable. TCP failures are counted by `state.rs`.
 use agent_common::proto;
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 
 use crate::{
     count, owner, runtime,
-    sock::{self, Btf, Mem},
+    sock::{self, Btf, Mem, Probe},
 };
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn error_report_btf(ctx: BtfTracePointContext) -> u32 {
     runtime::run(|| on_error_report::<Btf>(ctx.arg(0)))
+}
+
+/// Before 5.15 there is no error-report tracepoint: the default `sk_error_report` callback,
+/// which every UDP socket has, called where the tracepoint would fire (after `sk_err` is set).
+#[fentry(function = "sock_def_error_report")]
+pub fn error_report_fentry(ctx: FEntryContext) -> u32 {
+    runtime::run(|| on_error_report::<Btf>(ctx.arg(0)))
+}
+
+#[kprobe]
+pub fn error_report_kprobe(ctx: ProbeContext) -> u32 {
+    runtime::run(|| on_error_report::<Probe>(ctx.arg::<*const u8>(0).ok_or(0u32)?))
 }
 
 #[inline(always)]

@@ -6,7 +6,6 @@
 use agent_common::{Drop, ListenEvent, Owner, RESET_BY_CGROUP, ResetSeen, listen_event};
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::bpf_get_current_task_btf,
     macros::{btf_tracepoint, map, tracepoint},
     maps::LruHashMap,
     programs::{BtfTracePointContext, TracePointContext},
@@ -16,7 +15,7 @@ use crate::{
     count,
     maps::LISTEN_EVENTS,
     owner, runtime,
-    sock::{self, Addr, Btf, Mem},
+    sock::{self, Addr, Btf, Mem, Task},
 };
 
 /// `PF_EXITING`: the task is in do_exit().
@@ -47,15 +46,14 @@ fn send(fill: impl FnOnce(&mut ListenEvent)) {
 
 /// The current task into `ev`: cgroup, tgid, pid, name.
 #[inline(always)]
-fn task(ev: &mut ListenEvent) -> *const u8 {
+fn task(ev: &mut ListenEvent) -> Task {
     let mut o = core::mem::MaybeUninit::uninit();
     let o: &Owner = owner::current(&mut o);
     ev.cgroup_id = o.cgroup_id;
     ev.tgid = o.tgid;
     runtime::copy_comm(&mut ev.comm, &o.comm);
-    // SAFETY: helper callable from any tracing program.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    ev.pid = Btf::get::<i32>(task, sock::off!(task_pid)).unwrap_or(0) as u32;
+    let task = Task::current();
+    ev.pid = task.get::<i32>(sock::off!(task_pid)).unwrap_or(0) as u32;
     task
 }
 
@@ -93,19 +91,19 @@ pub fn stopped<M: Mem>(sk: *const u8) -> Result<u32, u32> {
         ev.kind = listen_event::STOPPED;
         socket(ev, family, addr, port, netns);
         let task = task(ev);
-        let flags = Btf::get::<u32>(task, sock::off!(task_flags)).unwrap_or(0);
+        let flags = task.get::<u32>(sock::off!(task_flags)).unwrap_or(0);
         if flags & PF_EXITING == 0 {
             return;
         }
         ev.exiting = 1;
         // The thread's own code, else the thread group's (a process killed as a whole).
-        let own = Btf::get::<i32>(task, sock::off!(task_exit_code)).unwrap_or(0);
+        let own = task.get::<i32>(sock::off!(task_exit_code)).unwrap_or(0);
         ev.exit_status = if own != 0 {
             own as u32
         } else {
-            let signal = Btf::get::<*const u8>(task, sock::off!(task_signal));
+            let signal = task.follow(sock::off!(task_signal));
             signal
-                .and_then(|s| Btf::get::<i32>(s, sock::off!(signal_group_exit_code)))
+                .and_then(|s| s.get::<i32>(sock::off!(signal_group_exit_code)))
                 .unwrap_or(0) as u32
         };
         for key in [u64::from(ev.tgid), ev.cgroup_id | RESET_BY_CGROUP] {

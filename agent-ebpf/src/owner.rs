@@ -71,7 +71,8 @@ fn fill_current(o: &mut Owner, start_ns: u64) {
         sock::off!(task_cgroups),
         sock::off!(css_set_dfl_cgrp),
     );
-    if comm != 0 && tgid != 0 && cgroups != 0 && dfl_cgrp != 0 {
+    // Before 5.11 (no `bpf_get_current_task_btf`) the helpers: fewer calls than probe reads.
+    if sock::off!(task_btf) != 0 && comm != 0 && tgid != 0 && cgroups != 0 && dfl_cgrp != 0 {
         // Plain loads through the task's BTF pointer where `bpf_get_current_comm` scans and
         // copies the name byte by byte: `task->comm` is NUL-padded (set with strscpy_pad,
         // copied whole at fork), as the helper's output is. The cgroup as
@@ -81,10 +82,7 @@ fn fill_current(o: &mut Owner, start_ns: u64) {
         o.tgid = Btf::get::<i32>(task, tgid).unwrap_or(0) as u32;
         let css_set = Btf::get::<*const u8>(task, cgroups);
         let cgroup = css_set.and_then(|c| Btf::get::<*const u8>(c, dfl_cgrp));
-        let kn = cgroup.and_then(|c| Btf::get::<*const u8>(c, sock::off!(cgroup_kn)));
-        o.cgroup_id = kn
-            .and_then(|kn| Btf::get::<u64>(kn, sock::off!(kernfs_node_id)))
-            .unwrap_or(0);
+        o.cgroup_id = cgroup.map_or(0, sock::cgroup_kn_id::<Btf>);
         // SAFETY: `comm` is 16 bytes at an 8-aligned offset of an 8-aligned struct.
         unsafe { *words = Btf::get(task, comm).unwrap_or_default() };
         return;

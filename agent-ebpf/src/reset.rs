@@ -1,14 +1,15 @@
 //! RSTs: sent by this host (by `sk_rst_reason`; with no socket and reason NO_SOCKET, an inbound
 //! connection refused, addresses taken from the packet), and received (with the TCP state the
 //! RST hit). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
-//! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET.
+//! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET, and before 5.17 (no
+//! drop reason) to the functions that send the RST.
 use agent_common::{
-    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, event_kind, owner_flags, proto,
-    tcp_state,
+    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, config, event_kind, owner_flags,
+    proto, tcp_state,
 };
 use aya_ebpf::{
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 
 use crate::{
@@ -58,7 +59,11 @@ fn try_send_reset_tp(ctx: &TracePointContext, reason: u32) -> Result<u32, u32> {
 
 #[inline(always)]
 fn on_send_reset<M: Mem>(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32> {
-    if sk.is_null() && reason == sock::off!(rst_no_socket) && inbound_refused::<M>(skb)? {
+    if sk.is_null()
+        && reason == sock::off!(rst_no_socket)
+        && runtime::config(config::INBOUND_BY_SEND_RESET) != 0
+        && inbound_refused::<M>(skb)?
+    {
         return Ok(0);
     }
     // Active resets (abort on close, linger 0) run in the closing task; others in softirq.
@@ -119,6 +124,37 @@ fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
         }
     });
     Ok(true)
+}
+
+/// Before 5.17 no tracepoint tells a SYN dropped for want of a socket: the functions that answer
+/// it, `tcp_v{4,6}_send_reset`, called with no socket only then (the 6.10+ tracepoint fires
+/// inside them).
+#[fentry(function = "tcp_v4_send_reset")]
+pub fn inbound4_fentry(ctx: FEntryContext) -> u32 {
+    runtime::run(|| on_reset_without_socket::<Btf>(ctx.arg(0), ctx.arg(1)))
+}
+
+#[fentry(function = "tcp_v6_send_reset")]
+pub fn inbound6_fentry(ctx: FEntryContext) -> u32 {
+    runtime::run(|| on_reset_without_socket::<Btf>(ctx.arg(0), ctx.arg(1)))
+}
+
+#[kprobe]
+pub fn inbound_kprobe(ctx: ProbeContext) -> u32 {
+    runtime::run(|| {
+        on_reset_without_socket::<Probe>(
+            ctx.arg::<*const u8>(0).ok_or(0u32)?,
+            ctx.arg::<*const u8>(1).ok_or(0u32)?,
+        )
+    })
+}
+
+#[inline(always)]
+fn on_reset_without_socket<M: Mem>(sk: *const u8, skb: *const u8) -> Result<u32, u32> {
+    if sk.is_null() {
+        inbound_refused::<M>(skb)?;
+    }
+    Ok(0)
 }
 
 #[btf_tracepoint(function = "kfree_skb")]

@@ -2,7 +2,7 @@
 use agent_common::Offsets;
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
+    helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, generated::bpf_skc_to_tcp_sock},
     programs::TracePointContext,
 };
 
@@ -23,10 +23,12 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     tcp_clock_cache: 0,
     sk_cgrp_data: 0,
     sock_cgroup_data_cgroup: 0,
+    sock_cgroup_data_tagged: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
     task_comm: 0,
     task_tgid: 0,
+    task_btf: 0,
     task_cgroups: 0,
     css_set_dfl_cgrp: 0,
     skb_head: 0,
@@ -279,12 +281,67 @@ pub fn is_full<M: Mem>(sk: *const u8) -> bool {
     s != agent_common::tcp_state::TIME_WAIT && s != agent_common::tcp_state::NEW_SYN_RECV
 }
 
+/// The id of the default hierarchy's root cgroup (its kernfs node is the first).
+const ROOT_CGROUP_ID: u64 = 1;
+
 /// The cgroup v2 id of the socket's creator (`sk_cgrp_data`), or 0.
 #[inline(always)]
 pub fn cgroup_id<M: Mem>(sk: *const u8) -> u64 {
-    let cgroup: Result<*const u8, u32> = M::get(sk, off!(sk_cgrp_data) + off!(sock_cgroup_data_cgroup));
-    let kn = cgroup.and_then(|c| M::get::<*const u8>(c, off!(cgroup_kn)));
+    let at = off!(sk_cgrp_data) + off!(sock_cgroup_data_cgroup);
+    if off!(sock_cgroup_data_tagged) != 0 {
+        // Before 5.15 (`sock_cgroup_ptr()`): a word, not a typed pointer, so probe reads after it.
+        return match M::get::<u64>(sk, at) {
+            Ok(v) if v & 3 == 0 && v != 0 => cgroup_kn_id::<Probe>(v as *const u8),
+            Ok(_) => ROOT_CGROUP_ID,
+            Err(_) => 0,
+        };
+    }
+    match M::get::<*const u8>(sk, at) {
+        Ok(cgroup) => cgroup_kn_id::<M>(cgroup),
+        Err(_) => 0,
+    }
+}
+
+/// `cgroup.kn → kernfs_node.id`, or 0.
+#[inline(always)]
+pub fn cgroup_kn_id<M: Mem>(cgroup: *const u8) -> u64 {
+    let kn = M::get::<*const u8>(cgroup, off!(cgroup_kn));
     kn.and_then(|kn| M::get::<u64>(kn, off!(kernfs_node_id))).unwrap_or(0)
+}
+
+/// The current task, with how to read it: through the BTF pointer `bpf_get_current_task_btf`
+/// gives (5.11+, plain loads), else at the address `bpf_get_current_task` gives, with probe
+/// reads. `OFFSETS.task_btf` is a constant to the verifier, which keeps one of the two.
+#[derive(Clone, Copy)]
+pub struct Task(*const u8);
+
+impl Task {
+    #[inline(always)]
+    pub fn current() -> Task {
+        // SAFETY: helpers callable from any tracing program; only the one the kernel has is kept.
+        Task(unsafe {
+            if off!(task_btf) != 0 {
+                bpf_get_current_task_btf() as *const u8
+            } else {
+                bpf_get_current_task() as *const u8
+            }
+        })
+    }
+
+    #[inline(always)]
+    pub fn get<T: Copy>(self, offset: u32) -> Result<T, u32> {
+        if off!(task_btf) != 0 {
+            Btf::get(self.0, offset)
+        } else {
+            Probe::get(self.0, offset)
+        }
+    }
+
+    /// The struct a pointer field points to, read the same way (`task->signal`).
+    #[inline(always)]
+    pub fn follow(self, offset: u32) -> Result<Task, u32> {
+        self.get::<*const u8>(offset).map(Task)
+    }
 }
 
 /// An incoming segment's headers, read with one probe read when the transport header follows

@@ -34,34 +34,66 @@ struct Kernel {
     /// The package that depends on the series' current image. The cloud flavour: a third of the
     /// generic one's size, with the same BPF, kprobe and BTF configuration.
     meta: &'static str,
+    /// The Debian suite it comes from when not the machine's own: apt gets a sources entry for
+    /// it and package lists of its own under `target/kernels/<suite>/`, used for this only.
+    suite: Option<&'static str>,
     /// `sk_rst_reason` label of an abort by SO_LINGER 0.
     abort_reason: &'static str,
-    /// The programs that must count RSTs sent and inbound refusals in (tp_btf, tracepoint) mode.
+    /// The programs that must count RSTs sent, inbound refusals and UDP errors in (tp_btf,
+    /// tracepoint) mode.
     send_reset: [&'static str; 2],
     inbound: [&'static str; 2],
+    error_report: [&'static str; 2],
+    /// `(hook, mode, instead)`: the hook has no form of the mode on this kernel (the tracepoint
+    /// is younger), so `--attach mode` leaves it on its chain, which gives it `instead`.
+    instead: &'static [(&'static str, &'static str, &'static str)],
     /// The program that tells an OOM kill in tp_btf mode (`mark_victim` changed form in 6.8; the
     /// older form's program is chosen by the tracepoint's arguments, not by version).
     oom_btf: &'static str,
 }
 
 const KERNELS: &[Kernel] = &[
+    Kernel {
+        series: "5.10",
+        meta: "linux-image-cloud-amd64",
+        suite: Some("bullseye"),
+        abort_reason: "not_specified",
+        send_reset: ["send_reset_btf_pre610", "send_reset_tp_pre610"],
+        // No `inet_sk_error_report` tracepoint (5.15) and no drop reason in `kfree_skb` (5.17):
+        // the functions behind them, by fentry (first in their chains after the tracepoints).
+        inbound: ["inbound4_fentry", "inbound4_fentry"],
+        error_report: ["error_report_fentry", "error_report_fentry"],
+        instead: &[
+            ("error_report", "tp_btf", "fentry"),
+            ("error_report", "tracepoint", "fentry"),
+            ("inbound", "tp_btf", "fentry"),
+            ("inbound", "tracepoint", "fentry"),
+        ],
+        oom_btf: "mark_victim_btf_pre68",
+    },
     // Before 6.10 `tcp_send_reset` has no reason and never fires without a socket: the pre-6.10
     // programs count resets, `kfree_skb` (drop reason NO_SOCKET) the inbound refusals.
     Kernel {
         series: "6.1",
         meta: "linux-image-cloud-amd64",
+        suite: None,
         abort_reason: "not_specified",
         send_reset: ["send_reset_btf_pre610", "send_reset_tp_pre610"],
         inbound: ["kfree_skb_btf", "kfree_skb_tp"],
+        error_report: ["error_report_btf", "error_report_tp"],
+        instead: &[],
         // Debian backported the two-argument `mark_victim` (6.8) to its 6.1.
         oom_btf: "mark_victim_btf",
     },
     Kernel {
         series: "6.12",
         meta: "linux-image-6.12-cloud-amd64",
+        suite: None,
         abort_reason: "tcp_state",
         send_reset: ["send_reset_btf", "send_reset_tp"],
         inbound: ["send_reset_btf", "send_reset_tp"],
+        error_report: ["error_report_btf", "error_report_tp"],
+        instead: &[],
         oom_btf: "mark_victim_btf",
     },
 ];
@@ -78,10 +110,10 @@ const HOOKS: [&str; 8] = [
     "oom",
 ];
 
-/// The hooks that offer a mode: `--attach` must put each of them on it.
-fn offering(mode: &str) -> &'static [&'static str] {
-    match mode {
-        "fentry" | "kprobe" => &["connect"],
+/// The hooks that offer a mode on `k`: `--attach` must put each of them on it.
+fn offering(k: &Kernel, mode: &str) -> Vec<&'static str> {
+    let all: &[&str] = match mode {
+        "fentry" | "kprobe" => &["connect", "error_report", "inbound"],
         "tp_btf" => &[
             "state",
             "connect",
@@ -92,17 +124,27 @@ fn offering(mode: &str) -> &'static [&'static str] {
             "oom",
         ],
         _ => &HOOKS,
-    }
+    };
+    all.iter()
+        .copied()
+        .filter(|h| !k.instead.iter().any(|(hook, m, _)| hook == h && *m == mode))
+        .collect()
 }
 
 /// Programs that must have run in `mode` (their run counts are in `/metrics`).
 fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
     let mut programs = match mode {
-        "fentry" => vec!["connect4_fentry", "connect6_fentry"],
-        "kprobe" => vec!["connect_kprobe"],
+        "fentry" => vec![
+            "connect4_fentry",
+            "connect6_fentry",
+            "error_report_fentry",
+            "inbound4_fentry",
+            "inbound6_fentry",
+        ],
+        "kprobe" => vec!["connect_kprobe", "error_report_kprobe", "inbound_kprobe"],
         "tp_btf" => vec![
             "sock_state_btf",
-            "error_report_btf",
+            k.error_report[0],
             "receive_reset_btf",
             k.send_reset[0],
             k.inbound[0],
@@ -110,7 +152,7 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
         ],
         _ => vec![
             "sock_state_tp",
-            "error_report_tp",
+            k.error_report[1],
             "receive_reset_tp",
             "connect_enter",
             "connect_exit",
@@ -120,6 +162,7 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
         ],
     };
     // From 6.10 the inbound hook rides on the send_reset program.
+    programs.sort_unstable();
     programs.dedup();
     programs
 }
@@ -241,12 +284,13 @@ pub fn matrix(opts: &Opts) -> Result<()> {
 
 /// The kernel image of `k`'s current Debian package, downloaded and unpacked once.
 fn fetch(k: &Kernel, dir: &Path) -> Result<PathBuf> {
-    let package = match image_package(k.meta) {
+    let apt = apt_options(k, dir)?;
+    let package = match image_package(k.meta, &apt) {
         Ok(p) => p,
         Err(_) => {
-            // Fresh machines may have no package lists yet.
-            run(Command::new("apt-get").args(["update", "-q"]))?;
-            image_package(k.meta)?
+            // Fresh machines (and a suite's own lists) may have no package lists yet.
+            run(Command::new("apt-get").args(["update", "-q"]).args(&apt))?;
+            image_package(k.meta, &apt)?
         }
     };
     let release = package.trim_start_matches("linux-image-");
@@ -268,6 +312,7 @@ fn fetch(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&scratch)?;
     run(Command::new("apt-get")
         .args(["download", "-q", &package])
+        .args(&apt)
         .current_dir(&scratch))?;
     let deb = std::fs::read_dir(&scratch)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -302,8 +347,43 @@ fn prune(dir: &Path, current: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn image_package(meta: &str) -> Result<String> {
-    let out = Command::new("apt-cache").args(["depends", meta]).output()?;
+/// apt's options for `k`'s suite: a sources list naming the machine's own Debian mirror with that
+/// suite, and lists and caches of its own, so the machine's apt setup is left alone. None for
+/// the machine's own suite.
+fn apt_options(k: &Kernel, dir: &Path) -> Result<Vec<String>> {
+    let Some(suite) = k.suite else {
+        return Ok(Vec::new());
+    };
+    let own = dir.join(suite);
+    let sources = own.join("sources.list");
+    if !sources.exists() {
+        let out = Command::new("apt-get")
+            .args(["indextargets", "--format", "$(REPO_URI)", "Identifier: Packages", "Label: Debian"])
+            .output()
+            .context("apt-get indextargets")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mirror = text
+            .lines()
+            .next()
+            .context("no Debian archive among apt's sources (apt-get indextargets)")?;
+        std::fs::create_dir_all(own.join("lists/partial"))?;
+        std::fs::create_dir_all(own.join("cache/archives/partial"))?;
+        std::fs::write(
+            &sources,
+            format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n"),
+        )?;
+    }
+    let at = |key: &str, path: PathBuf| format!("-o{key}={}", path.display());
+    Ok(vec![
+        at("Dir::Etc::SourceList", sources),
+        "-oDir::Etc::SourceParts=/dev/null".into(),
+        at("Dir::State::Lists", own.join("lists")),
+        at("Dir::Cache", own.join("cache")),
+    ])
+}
+
+fn image_package(meta: &str, apt: &[String]) -> Result<String> {
+    let out = Command::new("apt-cache").args(["depends", meta]).args(apt).output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| {
@@ -590,13 +670,18 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
             r.check.join("\n")
         ));
     }
-    for hook in offering(mode) {
+    let uses: Vec<(&str, &str)> = offering(k, mode)
+        .into_iter()
+        .map(|h| (h, mode))
+        .chain(k.instead.iter().filter(|(_, m, _)| *m == mode).map(|(h, _, i)| (*h, *i)))
+        .collect();
+    for (hook, used_mode) in &uses {
         let used = r.check.iter().any(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.first() == Some(hook) && cols.get(1) == Some(&mode) && l.ends_with(" used")
+            cols.first() == Some(hook) && cols.get(1) == Some(used_mode) && l.ends_with(" used")
         });
         if !used {
-            bad.push(format!("`check --attach {mode}` does not use {mode} for {hook}"));
+            bad.push(format!("`check --attach {mode}` does not use {used_mode} for {hook}"));
         }
     }
     if !r.ready {
@@ -726,8 +811,8 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
     for hook in HOOKS {
         expect(PROBE_ATTACHED, &[("hook", hook)], 1.0);
     }
-    for hook in offering(mode) {
-        expect(PROBE_ATTACHED, &[("hook", hook), ("mode", mode)], 1.0);
+    for (hook, used_mode) in &uses {
+        expect(PROBE_ATTACHED, &[("hook", hook), ("mode", used_mode)], 1.0);
     }
     for place in [
         "owner_map_full",

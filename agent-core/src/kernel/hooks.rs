@@ -98,6 +98,19 @@ pub static HOOKS: &[Hook] = &[
                     tracepoint: "inet_sk_error_report",
                 },
             ),
+            // Before 5.15 there is no such tracepoint: the callback it reports from. Ahead of
+            // the classic tracepoint, whose record has no socket to find the owner by.
+            (
+                AttachMode::Fentry,
+                Attach::Fentry(&[("error_report_fentry", "sock_def_error_report")]),
+            ),
+            (
+                AttachMode::Kprobe,
+                Attach::Kprobe {
+                    program: "error_report_kprobe",
+                    functions: &["sock_def_error_report"],
+                },
+            ),
             (
                 AttachMode::Tracepoint,
                 Attach::Tracepoint(&[("error_report_tp", "sock", "inet_sk_error_report")]),
@@ -148,6 +161,22 @@ pub static HOOKS: &[Hook] = &[
                 Attach::TpBtf {
                     program: "kfree_skb_btf",
                     tracepoint: "kfree_skb",
+                },
+            ),
+            // Before 5.17 `kfree_skb` has no drop reason: the functions that send the RST,
+            // called without a socket.
+            (
+                AttachMode::Fentry,
+                Attach::Fentry(&[
+                    ("inbound4_fentry", "tcp_v4_send_reset"),
+                    ("inbound6_fentry", "tcp_v6_send_reset"),
+                ]),
+            ),
+            (
+                AttachMode::Kprobe,
+                Attach::Kprobe {
+                    program: "inbound_kprobe",
+                    functions: &["tcp_v4_send_reset", "tcp_v6_send_reset"],
                 },
             ),
             (
@@ -260,16 +289,35 @@ pub fn programs(attach: &Attach) -> Vec<&'static str> {
     }
 }
 
+/// BPF helpers the programs call that are younger than the oldest kernel they load on, with the
+/// release that added each; an older kernel's verifier knows them by number only.
+const YOUNG_HELPERS: &[(u32, &str, &str)] = &[(158, "bpf_get_current_task_btf", "5.11")];
+
+/// A verifier refusing a helper this kernel does not have names it `unknown#<id>`.
+fn missing_helper(error: &str) -> Option<String> {
+    let (_, rest) = error.split_once("invalid func unknown#")?;
+    let id: u32 = rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    Some(match YOUNG_HELPERS.iter().find(|(n, _, _)| *n == id) {
+        Some((_, name, since)) => format!("this kernel lacks BPF helper {name} (#{id}, added in Linux {since})"),
+        None => format!("this kernel lacks BPF helper #{id}"),
+    })
+}
+
 /// Adds what a person needs to know to an attach error: the usual causes on hardened kernels.
 pub fn explain(mode: AttachMode, error: &str) -> String {
+    // The verifier's log names programs and types ("…_btf"): only the text before it says
+    // whether BTF itself is missing.
+    let head = error.split("Verifier output:").next().unwrap_or(error);
+    let helper = missing_helper(error);
     let hint = match mode {
+        _ if helper.is_some() => helper.as_deref(),
         AttachMode::Fentry if error.contains("Operation not permitted") || error.contains("EPERM") => {
             Some("refused with EPERM: kernel lockdown (integrity mode) forbids fentry/fexit")
         }
         AttachMode::Kprobe if error.contains("kprobe/type") || error.contains("No such file") => {
             Some("this kernel has no kprobes (CONFIG_KPROBES unset)")
         }
-        AttachMode::TpBtf | AttachMode::Fentry if error.contains("BTF") || error.contains("btf") => {
+        AttachMode::TpBtf | AttachMode::Fentry if head.contains("BTF") || head.contains("btf") => {
             Some("needs kernel BTF (/sys/kernel/btf/vmlinux)")
         }
         _ => None,
@@ -338,6 +386,19 @@ mod tests {
         assert_eq!(
             explain(AttachMode::TpBtf, log),
             "load failed: Permission denied (os error 13). verifier: R3 pointer arithmetic prohibited"
+        );
+    }
+
+    #[test]
+    fn names_a_missing_helper_not_btf() {
+        let log = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: func#0 @0\n0: (85) call sock_state_btf#12\ninvalid func unknown#158\nverification time 20 usec\n)";
+        assert_eq!(
+            explain(AttachMode::TpBtf, log),
+            "this kernel lacks BPF helper bpf_get_current_task_btf (#158, added in Linux 5.11) (the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). verifier: invalid func unknown#158)"
+        );
+        assert!(
+            explain(AttachMode::Tracepoint, &log.replace("158", "999"))
+                .starts_with("this kernel lacks BPF helper #999 (")
         );
     }
 

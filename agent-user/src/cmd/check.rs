@@ -31,9 +31,10 @@ pub fn run(mode: AttachMode, opt_in: &[&str]) -> ExitCode {
     );
     for ((hook, modes), spec) in probed.iter().zip(HOOKS) {
         // The mode the daemon would use: the first that works, in chain order, of the forced
-        // mode where the hook offers it (which it then must get, as `run` requires).
+        // mode where the hook offers it on this kernel (which it then must get, as `run`
+        // requires).
         let wanted = wanted(spec, opt_in);
-        let forced = wanted && mode != AttachMode::Auto && modes.iter().any(|(m, _)| *m == mode);
+        let forced = wanted && loader::forced(&kernel, spec, mode);
         let chosen = modes.iter().position(|(m, r)| r.is_ok() && (!forced || *m == mode));
         all_ok &= chosen.is_some() || !(spec.required || forced);
         for (i, ((m, result), (_, attach))) in modes.iter().zip(spec.chain).enumerate() {

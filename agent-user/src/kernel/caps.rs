@@ -40,6 +40,22 @@ pub fn missing_for_bpf(caps: u64) -> Option<&'static str> {
     None
 }
 
+/// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to (later ones charge the
+/// memory cgroup): its usual 64 KiB or 8 MiB holds none of the agent's maps. Above the hard
+/// limit this needs CAP_SYS_RESOURCE.
+pub fn lift_memlock() -> Result<(), &'static str> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a local struct.
+    match unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } {
+        0 => Ok(()),
+        _ => Err("CAP_SYS_RESOURCE (or RLIMIT_MEMLOCK unlimited, e.g. systemd's LimitMEMLOCK=infinity): \
+                  kernels before 5.11 charge BPF maps to locked memory"),
+    }
+}
+
 /// A user to switch to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {

@@ -6,7 +6,7 @@ use agent_core::{
     config::AttachMode,
     kernel::{
         btf,
-        hooks::{Attach, HOOKS, HookReport, explain, programs, tp_btf_fits, wanted},
+        hooks::{Attach, HOOKS, Hook, HookReport, explain, programs, tp_btf_fits, wanted},
     },
 };
 use aya::{
@@ -75,6 +75,10 @@ pub fn prepare() -> Result<Kernel, LoadError> {
     }
     let no_btf = |e: &dyn std::fmt::Display| LoadError::Kernel(format!("kernel BTF (CONFIG_DEBUG_INFO_BTF): {e}"));
     let ours = btf::Btf::from_sys().map_err(|e| no_btf(&e))?;
+    // The memory cgroup took over the charge in 5.11, with this helper.
+    if !offsets::has_helper(&ours, "ktime_get_coarse_ns") {
+        caps::lift_memlock().map_err(LoadError::Privilege)?;
+    }
     let resolved = offsets::resolve(&ours).map_err(|e| LoadError::Kernel(e.to_string()))?;
     let btf = Btf::from_sys_fs().map_err(|e| no_btf(&e))?;
     Ok(Kernel { btf, ours, resolved })
@@ -121,8 +125,9 @@ pub fn load_and_attach(
     let mut ebpf = load(kernel, flavor, pins)?;
     let mut links = pins.map(|_| Vec::new());
     let mut hooks: Vec<HookReport> = Vec::new();
+    let mut inbound_by_send_reset = false;
     for hook in HOOKS.iter().filter(|h| wanted(h, opt_in)) {
-        let forced = mode != AttachMode::Auto && hook.chain.iter().any(|(m, _)| *m == mode);
+        let forced = forced(kernel, hook, mode);
         let mut report = HookReport {
             hook: hook.name,
             mode: None,
@@ -132,6 +137,7 @@ pub fn load_and_attach(
             match attach_one(&mut ebpf, kernel, attach, *m, links.as_mut()) {
                 Ok(()) => {
                     report.mode = Some(*m);
+                    inbound_by_send_reset |= hook.name == "inbound" && matches!(attach, Attach::SameAs(_));
                     break;
                 }
                 Err(why) => {
@@ -163,6 +169,8 @@ pub fn load_and_attach(
         Array::try_from(ebpf.map_mut(names::CONFIG).expect("CONFIG map in object")).map_err(LoadError::Config)?;
     cfg.set(config::OWNER_FROM_CONNECT, u32::from(from_connect), 0)
         .map_err(LoadError::Config)?;
+    cfg.set(config::INBOUND_BY_SEND_RESET, u32::from(inbound_by_send_reset), 0)
+        .map_err(LoadError::Config)?;
     if pins.is_none() {
         // Unpinned copies are generation 0 and count at once.
         cfg.set(config::GENERATION, 0, 0).map_err(LoadError::Config)?;
@@ -172,6 +180,41 @@ pub fn load_and_attach(
         hooks,
         links: links.unwrap_or_default(),
     })
+}
+
+/// Whether `--attach mode` binds `hook`: it offers the mode, in a form this kernel has. A hook
+/// whose forms of the mode are all absent here (a tracepoint younger than the kernel, or of
+/// another form) keeps its chain.
+pub fn forced(kernel: &Kernel, hook: &Hook, mode: AttachMode) -> bool {
+    mode != AttachMode::Auto
+        && hook
+            .chain
+            .iter()
+            .any(|(m, a)| *m == mode && absent(kernel, a).is_none())
+}
+
+/// Why this kernel has no such attach point (rather than refusing one it has), if so.
+fn absent(kernel: &Kernel, attach: &Attach) -> Option<String> {
+    match attach {
+        Attach::Fentry(targets) => targets
+            .iter()
+            .find(|(_, f)| !kernel.ours.has_func(f))
+            .map(|(_, f)| format!("{f} is not in the kernel's BTF")),
+        Attach::TpBtf { program, tracepoint } => match kernel.ours.tracepoint_arg_count(tracepoint) {
+            Ok(have) => tp_btf_fits(program, tracepoint, have).err(),
+            Err(e) => Some(e.to_string()),
+        },
+        Attach::Tracepoint(events) => events
+            .iter()
+            .find_map(|(program, _, _)| kernel.resolved.tracepoints_unavailable.get(program).cloned()),
+        Attach::Kprobe { .. } => None,
+        Attach::SameAs(program) => HOOKS
+            .iter()
+            .flat_map(|h| h.chain)
+            .find(|(_, a)| programs(a).contains(program))
+            .and_then(|(_, a)| absent(kernel, a))
+            .map(|why| format!("{program}: {why}")),
+    }
 }
 
 /// Makes `generation` the copy that counts: one map write, after which a predecessor's programs
@@ -239,12 +282,12 @@ fn attach_one(
     // Perf-event links can be pinned only where the kernel makes them bpf links (5.15+); older
     // kernels keep them with the program, so those hooks pause while the daemon restarts.
     let perf_pinnable = aya::features().bpf_perf_link();
+    if let Some(why) = absent(kernel, attach).filter(|_| !matches!(attach, Attach::SameAs(_))) {
+        return Err(why);
+    }
     match attach {
         Attach::Fentry(targets) => {
             for (program, function) in *targets {
-                if !kernel.ours.has_func(function) {
-                    return Err(format!("{function} is not in the kernel's BTF"));
-                }
                 let prog: &mut FEntry = program_mut(ebpf, program)?;
                 prog.load(function, btf).map_err(explain)?;
                 let id = prog.attach().map_err(explain)?;
@@ -272,23 +315,12 @@ fn attach_one(
             }
         }
         Attach::TpBtf { program, tracepoint } => {
-            let have = kernel
-                .ours
-                .tracepoint_arg_count(tracepoint)
-                .map_err(|e| e.to_string())?;
-            tp_btf_fits(program, tracepoint, have)?;
             let prog: &mut BtfTracePoint = program_mut(ebpf, program)?;
             prog.load(tracepoint, btf).map_err(explain)?;
             let id = prog.attach().map_err(explain)?;
             keep(&mut links, program, || prog.take_link(id))?;
         }
         Attach::Tracepoint(events) => {
-            if let Some(why) = events
-                .iter()
-                .find_map(|(program, _, _)| kernel.resolved.tracepoints_unavailable.get(program))
-            {
-                return Err(why.clone());
-            }
             for (program, category, name) in *events {
                 let prog: &mut TracePoint = program_mut(ebpf, program)?;
                 prog.load().map_err(explain)?;

@@ -167,9 +167,6 @@ const OPTIONAL: &[(&str, &str, &str, Slot)] = &[
     ("sock", "sk_cgrp_data", "socket cgroup attribution", |o| {
         &mut o.sk_cgrp_data
     }),
-    ("sock_cgroup_data", "cgroup", "socket cgroup attribution", |o| {
-        &mut o.sock_cgroup_data_cgroup
-    }),
     ("cgroup", "kn", "socket cgroup attribution", |o| &mut o.cgroup_kn),
     ("kernfs_node", "id", "socket cgroup attribution", |o| {
         &mut o.kernfs_node_id
@@ -224,6 +221,19 @@ pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
             Err(e) => r.warnings.push(format!("{feature} unavailable: {e}")),
         }
     }
+    // 5.15 made `sock_cgroup_data` a cgroup pointer; before, the word `val` is one unless tagged.
+    match (
+        btf.member_offset("sock_cgroup_data", "cgroup"),
+        btf.member_offset("sock_cgroup_data", "val"),
+    ) {
+        (Ok(off), _) => r.offsets.sock_cgroup_data_cgroup = off,
+        (Err(_), Ok(off)) => {
+            r.offsets.sock_cgroup_data_cgroup = off;
+            r.offsets.sock_cgroup_data_tagged = 1;
+        }
+        (Err(e), Err(_)) => r.warnings.push(format!("socket cgroup attribution unavailable: {e}")),
+    }
+    r.offsets.task_btf = u32::from(has_helper(btf, "get_current_task_btf"));
     r.rst_reasons = reason_labels(btf, "sk_rst_reason", "SK_RST_REASON_");
     // Before 6.10 there are no reasons: every reset is counted as not specified.
     if r.rst_reasons.is_empty() {
@@ -240,6 +250,11 @@ pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
     r.offsets.drop_no_socket = value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET");
     resolve_tracepoints(&mut r);
     Ok(r)
+}
+
+/// Whether the kernel has BPF helper `bpf_<name>`: its own `enum bpf_func_id` lists every one.
+pub fn has_helper(btf: &Btf, name: &str) -> bool {
+    btf.enum_value("bpf_func_id", &format!("BPF_FUNC_{name}")).is_ok()
 }
 
 /// Enum values by lower-case name without the common prefix; empty when the enum is absent.
