@@ -59,10 +59,10 @@ fn try_send_reset_tp(ctx: &TracePointContext, reason: u32) -> Result<u32, u32> {
 
 #[inline(always)]
 fn on_send_reset<M: Mem>(sk: *const u8, skb: *const u8, reason: u32) -> Result<u32, u32> {
+    // An inbound refusal, not a reset of ours: counted here unless a program of its own does.
     if sk.is_null()
         && reason == sock::off!(rst_no_socket)
-        && runtime::config(config::INBOUND_BY_SEND_RESET) != 0
-        && inbound_refused::<M>(skb)?
+        && inbound_refused::<M>(skb, runtime::config(config::INBOUND_BY_SEND_RESET) != 0)?
     {
         return Ok(0);
     }
@@ -91,10 +91,10 @@ fn on_send_reset<M: Mem>(sk: *const u8, skb: *const u8, reason: u32) -> Result<u
     Ok(0)
 }
 
-/// Counts a refused inbound connection when `skb` is a bare SYN; false for any other segment
-/// (a stray segment to a closed port is not a connection attempt).
+/// Whether `skb` is a bare SYN, a refused inbound connection, and then counts it if `count`;
+/// false for any other segment (a stray segment to a closed port is not a connection attempt).
 #[inline(always)]
-fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
+fn inbound_refused<M: Mem>(skb: *const u8, count: bool) -> Result<bool, u32> {
     // tp_btf marks this argument nullable: the verifier wants the check before any offset.
     if skb.is_null() {
         return Ok(false);
@@ -103,6 +103,9 @@ fn inbound_refused<M: Mem>(skb: *const u8) -> Result<bool, u32> {
     let flags = p.flags();
     if p.ip_proto()? != proto::TCP || flags & sock::TCP_SYN == 0 || flags & sock::TCP_ACK != 0 {
         return Ok(false);
+    }
+    if !count {
+        return Ok(true);
     }
     let (laddr, lport) = p.dst()?;
     let mut key = core::mem::MaybeUninit::uninit();
@@ -152,7 +155,7 @@ pub fn inbound_kprobe(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn on_reset_without_socket<M: Mem>(sk: *const u8, skb: *const u8) -> Result<u32, u32> {
     if sk.is_null() {
-        inbound_refused::<M>(skb)?;
+        inbound_refused::<M>(skb, true)?;
     }
     Ok(0)
 }
@@ -185,7 +188,7 @@ fn on_kfree_skb<M: Mem>(skb: *const u8, reason: u32) -> Result<u32, u32> {
     if reason != sock::off!(drop_no_socket) {
         return Ok(0);
     }
-    inbound_refused::<M>(skb)?;
+    inbound_refused::<M>(skb, true)?;
     Ok(0)
 }
 

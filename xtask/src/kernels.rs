@@ -1,14 +1,15 @@
 //! `cargo xtask test-kernels`: the agent on the kernels users run, not only on the development
 //! machines' locked-down one (where only tp_btf and tracepoints attach).
 //!
-//! Debian's own 6.1 and 6.12 kernels (`apt-get download`, unpacked, never installed) boot under
-//! qemu (TCG: KVM fails in these nested machines) from an initramfs holding busybox, the agent,
-//! `vm-client` and the two sock_diag modules. Inside, `guest-init.sh` runs `check`, then for each
+//! Debian's own 5.10 (bullseye), 6.1 and 6.12 kernels (`apt-get download`, unpacked, never
+//! installed) boot under qemu (TCG: KVM fails in these nested machines) from an initramfs holding
+//! busybox, the agent, `vm-client` and the two sock_diag modules. Inside, `guest-init.sh` runs `check`, then for each
 //! attach mode `check --attach` and the daemon forced onto it while `vm-client` makes refused
 //! (IPv4 and IPv6), reset, cold-start and misaddressed connects, and prints `/metrics`. The host
 //! demands exact counts under the right labels, the forced mode on every hook that offers it,
-//! and the per-kernel programs (the pre-6.10 fallbacks on 6.1) having run. Both kernels boot at
-//! once; downloads and unpacked kernels are cached under `target/kernels/`.
+//! and the per-kernel programs (the pre-6.10 fallbacks on 6.1, the fentry ones for hooks whose
+//! tracepoints 5.10 lacks) having run. The kernels boot at once; downloads and unpacked kernels
+//! are cached under `target/kernels/`.
 use std::{
     fmt::Write as _,
     os::unix::fs::PermissionsExt as _,

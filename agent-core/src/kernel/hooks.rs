@@ -23,6 +23,8 @@ pub enum Attach {
 
 pub struct Hook {
     pub name: &'static str,
+    /// What is not counted where no mode attaches, for `check` and the log.
+    pub signal: &'static str,
     /// Without a required hook the daemon cannot count anything and refuses to start; the others
     /// degrade to `refusal_agent_probe_attached{hook} == 0` (and an alert).
     pub required: bool,
@@ -35,6 +37,7 @@ pub struct Hook {
 pub static HOOKS: &[Hook] = &[
     Hook {
         name: "state",
+        signal: "TCP connect failures, successes and listeners",
         required: true,
         opt_in: false,
         chain: &[
@@ -53,6 +56,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "connect",
+        signal: "the processes of connects",
         required: true,
         opt_in: false,
         chain: &[
@@ -76,6 +80,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "connect_sync",
+        signal: "failures inside connect(2)",
         required: false,
         opt_in: true,
         chain: &[(
@@ -88,6 +93,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "error_report",
+        signal: "connected UDP sockets refused by ICMP",
         required: false,
         opt_in: false,
         chain: &[
@@ -119,6 +125,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "send_reset",
+        signal: "RSTs sent",
         required: false,
         opt_in: false,
         chain: &[
@@ -149,6 +156,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "inbound",
+        signal: "inbound connections refused",
         required: false,
         opt_in: false,
         chain: &[
@@ -187,6 +195,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "receive_reset",
+        signal: "RSTs received",
         required: false,
         opt_in: false,
         chain: &[
@@ -205,6 +214,7 @@ pub static HOOKS: &[Hook] = &[
     },
     Hook {
         name: "oom",
+        signal: "OOM kills",
         required: false,
         opt_in: false,
         chain: &[

@@ -25,6 +25,7 @@ pub fn run(mode: AttachMode, opt_in: &[&str]) -> ExitCode {
         }
     };
     let mut all_ok = true;
+    let mut missing = Vec::new();
     println!(
         "{:<14} {:<11} {:<52} {:<31} {:<6} detail",
         "HOOK", "MODE", "TARGET", "PROGRAM", "WORKS"
@@ -37,6 +38,9 @@ pub fn run(mode: AttachMode, opt_in: &[&str]) -> ExitCode {
         let forced = wanted && loader::forced(&kernel, spec, mode);
         let chosen = modes.iter().position(|(m, r)| r.is_ok() && (!forced || *m == mode));
         all_ok &= chosen.is_some() || !(spec.required || forced);
+        if chosen.is_none() && wanted {
+            missing.push(spec);
+        }
         for (i, ((m, result), (_, attach))) in modes.iter().zip(spec.chain).enumerate() {
             let works = if result.is_ok() { "yes" } else { "no" };
             let detail = match result {
@@ -56,6 +60,12 @@ pub fn run(mode: AttachMode, opt_in: &[&str]) -> ExitCode {
                 target(attach)
             );
         }
+    }
+    for spec in missing {
+        println!(
+            "missing: {}: {} are not counted on this kernel (no mode of the hook works: see why above)",
+            spec.name, spec.signal
+        );
     }
     if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

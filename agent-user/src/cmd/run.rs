@@ -178,7 +178,13 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
     };
     for h in &loaded.hooks {
         let refused: Vec<String> = h.refused.iter().map(|(m, why)| format!("{m}: {why}")).collect();
-        tracing::info!(hook = h.hook, mode = %h.mode.map_or("none", |m| m.name()), refused = ?refused, "hook attached");
+        match h.mode {
+            Some(mode) => tracing::info!(hook = h.hook, mode = %mode.name(), refused = ?refused, "hook attached"),
+            None => {
+                let signal = hooks::HOOKS.iter().find(|s| s.name == h.hook).map_or("", |s| s.signal);
+                tracing::warn!(hook = h.hook, refused = ?refused, "no attach mode works on this kernel: {signal} are not counted");
+            }
+        }
     }
     if let (Some(p), Some(plan)) = (&pins, &plan) {
         // Pinned before the switch: if pinning fails, the predecessor's programs still count.

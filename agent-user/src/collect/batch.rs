@@ -1,6 +1,6 @@
-//! Whole maps in a few `BPF_MAP_LOOKUP_BATCH` calls (Linux 5.6). aya's iterator
-//! costs two syscalls per key (next key, then lookup), 40,000 of them for a scrape at 10,000
-//! series; a batch brings thousands of entries per call.
+//! Whole maps in a few `BPF_MAP_LOOKUP_BATCH` calls (Linux 5.6; per-CPU arrays later, read key
+//! by key before). aya's iterator costs two syscalls per key (next key, then lookup), 40,000 of
+//! them for a scrape at 10,000 series; a batch brings thousands of entries per call.
 use std::{
     io,
     mem::size_of,
@@ -13,7 +13,11 @@ use aya::{
     sys::SyscallError,
 };
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The kernel's "operation not supported" (not in libc: it is not a user-space errno).
+const ENOTSUPP: i32 = 524;
 /// Bytes of keys and values one call fills at most: small enough for malloc to reuse rather than
 /// map and unmap (the batch shrinks on hosts with many CPUs).
 const BATCH_BYTES: usize = 96 * 1024;
@@ -76,6 +80,9 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, per_cpu: bool, mut f: impl FnMut(
         };
         let err = (ret < 0).then(io::Error::last_os_error);
         match err.as_ref().and_then(io::Error::raw_os_error) {
+            // No batch lookup for this map type on this kernel (per-CPU arrays before 5.13):
+            // the kernel's ENOTSUPP.
+            Some(ENOTSUPP) if first => return one_by_one(map, cpus, stride, f).map_err(|e| syscall_error(e).into()),
             // One hash bucket holds more entries than fit: retry bigger.
             Some(libc::ENOSPC) => {
                 batch *= 2;
@@ -106,5 +113,63 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, per_cpu: bool, mut f: impl FnMut(
         }
         cursor = next;
         first = false;
+    }
+}
+
+/// `union bpf_attr`'s member for `BPF_MAP_LOOKUP_ELEM` and `BPF_MAP_GET_NEXT_KEY`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value` for a lookup, `next_key` for the next key.
+    value: u64,
+    flags: u64,
+}
+
+fn elem_call(cmd: libc::c_long, attr: &mut ElemAttr) -> io::Result<()> {
+    // SAFETY: `attr` points at live buffers of the map's key and value sizes.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, size_of::<ElemAttr>() as libc::c_uint) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// [`for_each`] two syscalls per key, for maps the kernel cannot read in batches.
+fn one_by_one<K: Pod, V: Pod>(map: &MapData, cpus: usize, stride: usize, mut f: impl FnMut(K, &[V])) -> io::Result<()> {
+    let map_fd = map.fd().as_fd().as_raw_fd() as u32;
+    let (mut key, mut next) = (vec![0u8; size_of::<K>()], vec![0u8; size_of::<K>()]);
+    let mut values = vec![0u8; cpus * stride];
+    let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
+    let mut first = true;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd,
+            // A null key asks for the first one.
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match elem_call(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            r => r?,
+        }
+        std::mem::swap(&mut key, &mut next);
+        first = false;
+        let mut attr = ElemAttr {
+            map_fd,
+            key: key.as_ptr() as u64,
+            value: values.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match elem_call(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            // Deleted since its key was listed.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            r => r?,
+        }
+        per_cpu.clear();
+        // SAFETY: the kernel filled `cpus` values `stride` bytes apart; reads are unaligned.
+        per_cpu.extend((0..cpus).map(|cpu| unsafe { values.as_ptr().add(cpu * stride).cast::<V>().read_unaligned() }));
+        // SAFETY: the kernel wrote a whole key.
+        f(unsafe { key.as_ptr().cast::<K>().read_unaligned() }, &per_cpu);
     }
 }

@@ -202,7 +202,7 @@ fn absent(kernel: &Kernel, attach: &Attach) -> Option<String> {
             .map(|(_, f)| format!("{f} is not in the kernel's BTF")),
         Attach::TpBtf { program, tracepoint } => match kernel.ours.tracepoint_arg_count(tracepoint) {
             Ok(have) => tp_btf_fits(program, tracepoint, have).err(),
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(format!("this kernel has no {tracepoint} tracepoint ({e})")),
         },
         Attach::Tracepoint(events) => events
             .iter()
