@@ -4,8 +4,8 @@
 //! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET, and before 5.17 (no
 //! drop reason) to the functions that send the RST.
 use agent_common::{
-    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, config, event_kind, owner_flags,
-    proto, tcp_state,
+    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, config, event_kind, owner_flags, proto,
+    tcp_state,
 };
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe, tracepoint},

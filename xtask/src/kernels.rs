@@ -359,7 +359,13 @@ fn apt_options(k: &Kernel, dir: &Path) -> Result<Vec<String>> {
     let sources = own.join("sources.list");
     if !sources.exists() {
         let out = Command::new("apt-get")
-            .args(["indextargets", "--format", "$(REPO_URI)", "Identifier: Packages", "Label: Debian"])
+            .args([
+                "indextargets",
+                "--format",
+                "$(REPO_URI)",
+                "Identifier: Packages",
+                "Label: Debian",
+            ])
             .output()
             .context("apt-get indextargets")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -674,7 +680,12 @@ fn judge_run(k: &Kernel, r: &Run, bad: &mut Vec<String>) {
     let uses: Vec<(&str, &str)> = offering(k, mode)
         .into_iter()
         .map(|h| (h, mode))
-        .chain(k.instead.iter().filter(|(_, m, _)| *m == mode).map(|(h, _, i)| (*h, *i)))
+        .chain(
+            k.instead
+                .iter()
+                .filter(|(_, m, _)| *m == mode)
+                .map(|(h, _, i)| (*h, *i)),
+        )
         .collect();
     for (hook, used_mode) in &uses {
         let used = r.check.iter().any(|l| {

@@ -130,8 +130,19 @@ struct ElemAttr {
 
 fn elem_call(cmd: libc::c_long, attr: &mut ElemAttr) -> io::Result<()> {
     // SAFETY: `attr` points at live buffers of the map's key and value sizes.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, size_of::<ElemAttr>() as libc::c_uint) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut ElemAttr,
+            size_of::<ElemAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// [`for_each`] two syscalls per key, for maps the kernel cannot read in batches.

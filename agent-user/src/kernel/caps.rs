@@ -51,8 +51,10 @@ pub fn lift_memlock() -> Result<(), &'static str> {
     // SAFETY: setrlimit reads a local struct.
     match unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } {
         0 => Ok(()),
-        _ => Err("CAP_SYS_RESOURCE (or RLIMIT_MEMLOCK unlimited, e.g. systemd's LimitMEMLOCK=infinity): \
-                  kernels before 5.11 charge BPF maps to locked memory"),
+        _ => Err(
+            "CAP_SYS_RESOURCE (or RLIMIT_MEMLOCK unlimited, e.g. systemd's LimitMEMLOCK=infinity): \
+                  kernels before 5.11 charge BPF maps to locked memory",
+        ),
     }
 }
 
