@@ -341,11 +341,17 @@ pub struct TracepointOffsets {
     pub error_report_daddr_v6: u32,
     pub kfree_skb_skbaddr: u32,
     pub kfree_skb_reason: u32,
+    /// Before 5.17 the record has `location` (where `kfree_skb` was called) and no reason.
+    pub kfree_skb_location: u32,
     pub connect_fd: u32,
     pub connect_uservaddr: u32,
     pub exit_connect_ret: u32,
     pub mark_victim_pid: u32,
 }
+
+/// `[start, end)` address pairs in the global [`names::TCP_RCV`]: `tcp_v4_rcv`, `tcp_v6_rcv`
+/// and the parts the compiler split off them; unused pairs are `[0, 0)`.
+pub const TCP_RCV_RANGES: usize = 4;
 
 /// Slots of the `CONFIG` array map.
 pub mod config {
@@ -378,6 +384,7 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH: &str = "WATCH";
     pub const OFFSETS: &str = "OFFSETS";
+    pub const TCP_RCV: &str = "TCP_RCV";
     pub const LISTEN_EVENTS: &str = "LISTEN_EVENTS";
     pub const LAST_RESET: &str = "LAST_RESET";
 }

@@ -79,3 +79,8 @@ pub static EMPTY_PROGRAMS: u8 = 0;
 /// it is gated too.
 #[unsafe(no_mangle)]
 pub static GENERATION: u32 = 0;
+
+/// Where `tcp_v4_rcv` and `tcp_v6_rcv` lie (`[start, end)` pairs from `/proc/kallsyms`): before
+/// 5.17 `kfree_skb` tells a SYN dropped for want of a socket only by being called from them.
+#[unsafe(no_mangle)]
+pub static TCP_RCV: [u64; 2 * agent_common::TCP_RCV_RANGES] = [0; 2 * agent_common::TCP_RCV_RANGES];

@@ -2,10 +2,10 @@
 //! connection refused, addresses taken from the packet), and received (with the TCP state the
 //! RST hit). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
 //! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET, and before 5.17 (no
-//! drop reason) to the functions that send the RST.
+//! drop reason) to the functions that send the RST, or `kfree_skb` called from `tcp_v{4,6}_rcv`.
 use agent_common::{
-    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, config, event_kind, owner_flags, proto,
-    tcp_state,
+    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, TCP_RCV_RANGES, config, event_kind,
+    owner_flags, proto, tcp_state,
 };
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe, tracepoint},
@@ -13,7 +13,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    count, listen, owner, runtime,
+    count, listen,
+    maps::TCP_RCV,
+    owner, runtime,
     sock::{self, Btf, Mem, Probe},
 };
 
@@ -189,6 +191,48 @@ fn on_kfree_skb<M: Mem>(skb: *const u8, reason: u32) -> Result<u32, u32> {
         return Ok(0);
     }
     inbound_refused::<M>(skb, true)?;
+    Ok(0)
+}
+
+/// Before 5.17 `kfree_skb(skb, location)` has no drop reason: a bare SYN that `tcp_v4_rcv` or
+/// `tcp_v6_rcv` frees found no socket (it was answered with a RST just before; a SYN a
+/// listener takes is consumed, not freed). For kernels that refuse fentry and kprobes.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf_pre517(ctx: BtfTracePointContext) -> u32 {
+    runtime::run(|| on_kfree_skb_at::<Btf>(ctx.arg(0), ctx.arg(1)))
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb_tp_pre517(ctx: TracePointContext) -> u32 {
+    runtime::run(|| {
+        // SAFETY: offsets come from this kernel's format file for this event.
+        let (skb, location) = unsafe {
+            (
+                ctx.read_at::<u64>(sock::off!(tp.kfree_skb_skbaddr) as usize)
+                    .map_err(|_| 0u32)?,
+                ctx.read_at::<u64>(sock::off!(tp.kfree_skb_location) as usize)
+                    .map_err(|_| 0u32)?,
+            )
+        };
+        on_kfree_skb_at::<Probe>(skb as *const u8, location)
+    })
+}
+
+#[inline(always)]
+fn on_kfree_skb_at<M: Mem>(skb: *const u8, location: u64) -> Result<u32, u32> {
+    let from_tcp_rcv = (0..TCP_RCV_RANGES).any(|i| {
+        // SAFETY: reading a static the loader rewrites before load.
+        let (start, end) = unsafe {
+            (
+                core::ptr::read_volatile(&TCP_RCV[2 * i]),
+                core::ptr::read_volatile(&TCP_RCV[2 * i + 1]),
+            )
+        };
+        (start..end).contains(&location)
+    });
+    if from_tcp_rcv {
+        inbound_refused::<M>(skb, true)?;
+    }
     Ok(0)
 }
 

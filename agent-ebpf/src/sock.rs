@@ -71,6 +71,7 @@ pub(crate) static OFFSETS: Offsets = Offsets {
         error_report_daddr_v6: 0,
         kfree_skb_skbaddr: 0,
         kfree_skb_reason: 0,
+        kfree_skb_location: 0,
         connect_fd: 0,
         connect_uservaddr: 0,
         exit_connect_ret: 0,

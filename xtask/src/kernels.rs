@@ -60,15 +60,14 @@ const KERNELS: &[Kernel] = &[
         suite: Some("bullseye"),
         abort_reason: "not_specified",
         send_reset: ["send_reset_btf_pre610", "send_reset_tp_pre610"],
-        // No `inet_sk_error_report` tracepoint (5.15) and no drop reason in `kfree_skb` (5.17):
-        // the functions behind them, by fentry (first in their chains after the tracepoints).
-        inbound: ["inbound4_fentry", "inbound4_fentry"],
+        // No drop reason in `kfree_skb` (5.17): where it was called from tells an inbound
+        // refusal. No `inet_sk_error_report` tracepoint (5.15): UDP errors come from fentry on
+        // the callback it reports from (first in its chain after the tracepoints).
+        inbound: ["kfree_skb_btf_pre517", "kfree_skb_tp_pre517"],
         error_report: ["error_report_fentry", "error_report_fentry"],
         instead: &[
             ("error_report", "tp_btf", "fentry"),
             ("error_report", "tracepoint", "fentry"),
-            ("inbound", "tp_btf", "fentry"),
-            ("inbound", "tracepoint", "fentry"),
         ],
         oom_btf: "mark_victim_btf_pre68",
     },

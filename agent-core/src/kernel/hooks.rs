@@ -191,6 +191,19 @@ pub static HOOKS: &[Hook] = &[
                 AttachMode::Tracepoint,
                 Attach::Tracepoint(&[("kfree_skb_tp", "skb", "kfree_skb")]),
             ),
+            // Before 5.17, where fentry and kprobes are refused: `kfree_skb` called from
+            // `tcp_v{4,6}_rcv` for a bare SYN.
+            (
+                AttachMode::TpBtf,
+                Attach::TpBtf {
+                    program: "kfree_skb_btf_pre517",
+                    tracepoint: "kfree_skb",
+                },
+            ),
+            (
+                AttachMode::Tracepoint,
+                Attach::Tracepoint(&[("kfree_skb_tp_pre517", "skb", "kfree_skb")]),
+            ),
         ],
     },
     Hook {
@@ -248,6 +261,7 @@ const TP_BTF_ARGS: &[(&str, usize, Option<usize>)] = &[
     ("send_reset_btf", 3, None),
     ("send_reset_btf_pre610", 2, Some(2)),
     ("kfree_skb_btf", 3, None),
+    ("kfree_skb_btf_pre517", 2, Some(2)),
     ("mark_victim_btf", 2, None),
     ("mark_victim_btf_pre68", 1, Some(1)),
 ];

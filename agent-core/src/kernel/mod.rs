@@ -2,4 +2,5 @@
 //! parser and tracefs record formats.
 pub mod btf;
 pub mod hooks;
+pub mod kallsyms;
 pub mod tracefs;

@@ -102,6 +102,7 @@ pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf
     loader
         .btf(Some(&kernel.btf))
         .override_global(names::OFFSETS, &kernel.resolved.offsets, true)
+        .override_global(names::TCP_RCV, &kernel.resolved.tcp_rcv, true)
         .override_global(names::EMIT_EVENTS, &emit, true)
         .override_global(names::EMPTY_PROGRAMS, &empty, true)
         .override_global(names::GENERATION, &generation, true);
@@ -201,7 +202,9 @@ fn absent(kernel: &Kernel, attach: &Attach) -> Option<String> {
             .find(|(_, f)| !kernel.ours.has_func(f))
             .map(|(_, f)| format!("{f} is not in the kernel's BTF")),
         Attach::TpBtf { program, tracepoint } => match kernel.ours.tracepoint_arg_count(tracepoint) {
-            Ok(have) => tp_btf_fits(program, tracepoint, have).err(),
+            Ok(have) => tp_btf_fits(program, tracepoint, have)
+                .err()
+                .or_else(|| kernel.resolved.tracepoints_unavailable.get(program).cloned()),
             Err(e) => Some(format!("this kernel has no {tracepoint} tracepoint ({e})")),
         },
         Attach::Tracepoint(events) => events

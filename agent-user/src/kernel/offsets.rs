@@ -2,9 +2,10 @@
 //! load time: BTF for kernel structs, tracefs format files for classic tracepoint records.
 use std::collections::BTreeMap;
 
-use agent_common::{Offsets, RST_REASON_NOT_SPECIFIED, TracepointOffsets};
+use agent_common::{Offsets, RST_REASON_NOT_SPECIFIED, TCP_RCV_RANGES, TracepointOffsets};
 use agent_core::kernel::{
     btf::{Btf, BtfError},
+    kallsyms,
     tracefs::field_offset,
 };
 
@@ -21,9 +22,11 @@ pub struct OffsetError {
 #[derive(Clone, Debug, Default)]
 pub struct Resolved {
     pub offsets: Offsets,
-    /// Classic tracepoint programs that cannot be used, with why (tracefs missing, a field
-    /// missing), by program name.
+    /// Tracepoint programs that cannot be used, with why (tracefs missing, a field missing, a
+    /// location not known), by program name.
     pub tracepoints_unavailable: BTreeMap<&'static str, String>,
+    /// `TCP_RCV`: where `tcp_v4_rcv` and `tcp_v6_rcv` lie, for the pre-5.17 `kfree_skb` programs.
+    pub tcp_rcv: [u64; 2 * TCP_RCV_RANGES],
     /// `sk_rst_reason` value → label (`no_socket`, `tcp_abort_on_close`, …).
     pub rst_reasons: BTreeMap<u32, String>,
     /// Degraded features, for the log: optional fields this kernel lacks.
@@ -96,6 +99,16 @@ const TRACEPOINTS: &[TpFields] = &[
         &[
             ("skbaddr", |t| &mut t.kfree_skb_skbaddr),
             ("reason", |t| &mut t.kfree_skb_reason),
+        ],
+    ),
+    // Before 5.17: where it was called from, and no reason.
+    (
+        "kfree_skb_tp_pre517",
+        "skb",
+        "kfree_skb",
+        &[
+            ("skbaddr", |t| &mut t.kfree_skb_skbaddr),
+            ("location", |t| &mut t.kfree_skb_location),
         ],
     ),
     (
@@ -249,6 +262,7 @@ pub fn resolve(btf: &Btf) -> Result<Resolved, OffsetError> {
     r.offsets.rst_no_socket = value("sk_rst_reason", "SK_RST_REASON_NO_SOCKET");
     r.offsets.drop_no_socket = value("skb_drop_reason", "SKB_DROP_REASON_NO_SOCKET");
     resolve_tracepoints(&mut r);
+    resolve_tcp_rcv(&mut r);
     Ok(r)
 }
 
@@ -269,6 +283,31 @@ fn reason_labels(btf: &Btf, ty: &str, prefix: &str) -> BTreeMap<u32, String> {
             ))
         })
         .collect()
+}
+
+/// The programs that tell an inbound refusal by where `kfree_skb` was called from.
+const KFREE_SKB_PRE517: [&str; 2] = ["kfree_skb_btf_pre517", "kfree_skb_tp_pre517"];
+
+/// Before 5.17 `kfree_skb` has no drop reason, only its caller: the address ranges of the
+/// callers that drop a SYN no socket took, from `/proc/kallsyms` (read only on such kernels).
+fn resolve_tcp_rcv(r: &mut Resolved) {
+    let why = if r.offsets.drop_no_socket != u32::MAX {
+        "kfree_skb gives a drop reason on this kernel, which the other kfree_skb programs read".to_string()
+    } else {
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let ranges = kallsyms::ranges(&text, &["tcp_v4_rcv", "tcp_v6_rcv"]);
+        if !ranges.is_empty() {
+            for (i, (start, end)) in ranges.into_iter().take(TCP_RCV_RANGES).enumerate() {
+                r.tcp_rcv[2 * i] = start;
+                r.tcp_rcv[2 * i + 1] = end;
+            }
+            return;
+        }
+        "tcp_v4_rcv's address is not in /proc/kallsyms (kernel.kptr_restrict, or no CAP_SYSLOG)".to_string()
+    };
+    for program in KFREE_SKB_PRE517 {
+        r.tracepoints_unavailable.entry(program).or_insert_with(|| why.clone());
+    }
 }
 
 fn resolve_tracepoints(r: &mut Resolved) {
