@@ -466,5 +466,10 @@ mod tests {
             Err("mark_victim has 2 arguments on this kernel, the program reads its older 1-argument form".into())
         );
         assert_eq!(tp_btf_fits("sock_state_btf", "inet_sock_set_state", 3), Ok(()));
+        assert_eq!(tp_btf_fits("kfree_skb_btf_pre517", "kfree_skb", 2), Ok(()));
+        assert_eq!(
+            tp_btf_fits("kfree_skb_btf_pre517", "kfree_skb", 3),
+            Err("kfree_skb has 3 arguments on this kernel, the program reads its older 2-argument form".into())
+        );
     }
 }
