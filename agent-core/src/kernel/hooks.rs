@@ -333,8 +333,7 @@ pub fn explain(mode: AttachMode, error: &str) -> String {
     // whether BTF itself is missing.
     let head = error.split("Verifier output:").next().unwrap_or(error);
     let helper = missing_helper(error);
-    let hint = match mode {
-        _ if helper.is_some() => helper.as_deref(),
+    let hint = helper.as_deref().or(match mode {
         AttachMode::Fentry if error.contains("Operation not permitted") || error.contains("EPERM") => {
             Some("refused with EPERM: kernel lockdown (integrity mode) forbids fentry/fexit")
         }
@@ -345,7 +344,7 @@ pub fn explain(mode: AttachMode, error: &str) -> String {
             Some("needs kernel BTF (/sys/kernel/btf/vmlinux)")
         }
         _ => None,
-    };
+    });
     let error = verifier_summary(error);
     match hint {
         Some(h) => format!("{h} ({error})"),
