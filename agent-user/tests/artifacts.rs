@@ -76,6 +76,7 @@ const CONFIG_KEYS: &[&str] = &[
     "connect_sync",
     "pin_dir",
     "keep_pins",
+    "host_root",
 ];
 
 const TIME_UNITS: &[&str] = &["s", "ms", "µs", "ns", "dtdurations", "dtdurationms", "percentunit"];
