@@ -44,12 +44,12 @@ const DASHBOARDS: &[(&str, &str, &[&str])] = &[
     (
         "refusal-overview.json",
         "refusal-overview",
-        &["datasource", "instance", "workload"],
+        &["datasource", "instance", "namespace", "pod", "workload"],
     ),
     (
         "refusal-target.json",
         "refusal-target",
-        &["datasource", "instance", "workload", "dst_addr", "dst_port"],
+        &["datasource", "instance", "namespace", "pod", "workload", "dst_addr", "dst_port"],
     ),
 ];
 

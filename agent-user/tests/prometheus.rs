@@ -28,6 +28,11 @@ fn encode(s: &str) -> String {
 /// Dashboard variables as Grafana would fill them: everything, one scrape interval's worth.
 fn substitute(expr: &str) -> String {
     let mut e = expr.to_string();
+    // All namespaces and pods is `.*` (the variables' allValue): it keeps the workloads outside
+    // Kubernetes, which have neither label.
+    for var in ["namespace", "pod"] {
+        e = e.replace(&format!("${var}"), ".*");
+    }
     for var in ["instance", "workload", "dst_addr", "dst_port", "job", "comm"] {
         e = e
             .replace(&format!("=\"${var}\""), "=~\".+\"")
