@@ -44,6 +44,8 @@ pub struct Workloads {
     pending: BTreeSet<u64>,
     /// Collections so far: an entry's last use.
     generation: u64,
+    /// Cgroup id 0: no process known.
+    unknown: Workload,
 }
 
 impl Workloads {
@@ -54,6 +56,7 @@ impl Workloads {
             cache: HashMap::new(),
             pending: BTreeSet::new(),
             generation: 0,
+            unknown: Workload::from("unknown"),
         }
     }
 
@@ -116,7 +119,7 @@ impl Workloads {
 
     fn known(&mut self, cgroup_id: u64) -> Option<Workload> {
         if cgroup_id == 0 {
-            return Some(Workload::from("unknown"));
+            return Some(self.unknown.clone());
         }
         let (w, used) = self.cache.get_mut(&cgroup_id)?;
         *used = self.generation;
