@@ -217,7 +217,10 @@ mod tests {
         let config = file.to_str().unwrap();
         let c = run_args(&["--config", config]).unwrap().config().unwrap();
         assert_eq!(c.host_root, PathBuf::from("/from-file"));
-        let c = run_args(&["--config", config, "--host-root", "/host"]).unwrap().config().unwrap();
+        let c = run_args(&["--config", config, "--host-root", "/host"])
+            .unwrap()
+            .config()
+            .unwrap();
         assert_eq!(c.host_root, PathBuf::from("/host"));
         let e = run_args(&["--host-root", "host"]).unwrap().config().unwrap_err();
         assert!(e.to_string().contains("host_root"), "{e}");

@@ -49,7 +49,15 @@ const DASHBOARDS: &[(&str, &str, &[&str])] = &[
     (
         "refusal-target.json",
         "refusal-target",
-        &["datasource", "instance", "namespace", "pod", "workload", "dst_addr", "dst_port"],
+        &[
+            "datasource",
+            "instance",
+            "namespace",
+            "pod",
+            "workload",
+            "dst_addr",
+            "dst_port",
+        ],
     ),
 ];
 
@@ -1008,16 +1016,28 @@ fn deploy_files_agree() {
     let bpffs = mounts.get("/sys/fs/bpf").expect("no volumeMount at /sys/fs/bpf");
     assert_ne!(bpffs["readOnly"], true, "/sys/fs/bpf must be writable for pin_dir");
     // Workload names: every directory the runtimes keep them in, read-only under the host root.
-    let args: Vec<&str> = c["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(args.windows(2).any(|w| w == ["--host-root", "/host"]), "args: {args:?}");
     use agent_core::collect::runtimes::paths as p;
-    let dirs = [p::KUBELET_PODS, p::KUBELET_CONTAINERS, p::CONTAINERD_BUNDLES, p::DOCKER_CONTAINERS]
-        .into_iter()
-        .chain(p::CRIO_BUNDLES)
-        .chain(p::PODMAN_LISTS.map(|f| f.rsplit_once('/').unwrap().0));
+    let dirs = [
+        p::KUBELET_PODS,
+        p::KUBELET_CONTAINERS,
+        p::CONTAINERD_BUNDLES,
+        p::DOCKER_CONTAINERS,
+    ]
+    .into_iter()
+    .chain(p::CRIO_BUNDLES)
+    .chain(p::PODMAN_LISTS.map(|f| f.rsplit_once('/').unwrap().0));
     for dir in dirs {
         let path = format!("/host/{dir}");
-        let m = mounts.get(path.as_str()).unwrap_or_else(|| panic!("no volumeMount at {path}"));
+        let m = mounts
+            .get(path.as_str())
+            .unwrap_or_else(|| panic!("no volumeMount at {path}"));
         assert_eq!(m["readOnly"], true, "{path} must be mounted read-only");
     }
     // The ConfigMap's config uses only documented keys.

@@ -302,14 +302,21 @@ fn every_family_names_kubernetes_docker_podman_and_systemd_workloads() {
         cg.run(&format!("python3 {} {port} {refusing} {n}", script.display()));
         let (port_s, refusing_s) = (port.to_string(), refusing.to_string());
         let p = port_s.as_str();
-        let failures = labels(&c.want, &[("comm", "python3"), ("dst_port", p), ("errno", "ECONNREFUSED")]);
+        let failures = labels(
+            &c.want,
+            &[("comm", "python3"), ("dst_port", p), ("errno", "ECONNREFUSED")],
+        );
         assert_eq!(wait_value(&d, FAILURES, &failures, n as f64), n as f64, "{}", c.cgroup);
         for (family, more, want) in [
             (RESETS_RECEIVED, vec![("dst_port", p), ("state", "syn_sent")], n),
             // The accepted end gets the abort: its remote port is the client's.
             (RESETS_RECEIVED, vec![("state", "established")], 1),
             (RESETS_SENT, vec![("comm", "python3")], 1),
-            (TARGET_STATE, vec![("dst_port", refusing_s.as_str()), ("state", "refusing")], 1),
+            (
+                TARGET_STATE,
+                vec![("dst_port", refusing_s.as_str()), ("state", "refusing")],
+                1,
+            ),
             (EPISODES, vec![("dst_port", p), ("outcome", "cold_start")], 1),
             (COLD_START_COUNT, vec![("dst_port", p)], 1),
             (LISTENER_LOST, vec![("local_port", p), ("cause", "exited")], 1),
@@ -320,12 +327,21 @@ fn every_family_names_kubernetes_docker_podman_and_systemd_workloads() {
         }
         assert_eq!(api_names(&d, refusing), c.want, "{}", c.cgroup);
         assert_eq!(api_names(&d, port), c.want, "{}", c.cgroup);
-        checked.push((cg, failures.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>(), n));
+        checked.push((
+            cg,
+            failures
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+            n,
+        ));
     }
     for c in &fallbacks {
         let cg = Cgroup::new(&c.cgroup);
         let (port, refusing) = (closed_port(), closed_port());
-        cg.run(&format!("curl -s http://127.0.0.1:{port}/[1-2] http://127.0.0.1:{refusing}/"));
+        cg.run(&format!(
+            "curl -s http://127.0.0.1:{port}/[1-2] http://127.0.0.1:{refusing}/"
+        ));
         let p = port.to_string();
         let l = labels(&c.want, &[("comm", "curl"), ("dst_port", p.as_str())]);
         assert_eq!(wait_value(&d, FAILURES, &l, 2.0), 2.0, "{}", c.cgroup);

@@ -416,7 +416,10 @@ mod tests {
 
         fn runtime(&mut self, runtime: Runtime, id: &str) -> Found {
             self.asked.push(format!("{runtime:?} {}", &id[..4]));
-            self.runtimes.get(&(runtime, id.to_string())).cloned().unwrap_or_default()
+            self.runtimes
+                .get(&(runtime, id.to_string()))
+                .cloned()
+                .unwrap_or_default()
         }
     }
 
@@ -451,8 +454,14 @@ mod tests {
         let mut t = Table::default();
         t.pods.insert(UID.into(), pod(""));
         let names = resolve(&path, &mut t);
-        assert_eq!((names.workload.as_str(), names.container.as_str()), ("pod:shop/web-7d4f9c-x2k", ""));
-        assert_eq!(t.asked, ["kubelet_container 4f3c", "Containerd 4f3c", "kubelet_pod 0b5e"]);
+        assert_eq!(
+            (names.workload.as_str(), names.container.as_str()),
+            ("pod:shop/web-7d4f9c-x2k", "")
+        );
+        assert_eq!(
+            t.asked,
+            ["kubelet_container 4f3c", "Containerd 4f3c", "kubelet_pod 0b5e"]
+        );
 
         // Nothing known: the id form, no Kubernetes labels.
         let mut t = Table::default();
@@ -487,9 +496,15 @@ mod tests {
         t.runtimes
             .insert((Runtime::Podman, ID.into()), Found::Container("db".into()));
         let name = |t: &mut Table, path: &str| resolve(path, t).workload;
-        assert_eq!(name(&mut t, &format!("/system.slice/docker-{ID}.scope")), "container:shop/web");
+        assert_eq!(
+            name(&mut t, &format!("/system.slice/docker-{ID}.scope")),
+            "container:shop/web"
+        );
         assert_eq!(name(&mut t, &format!("/docker/{ID}")), "container:shop/web");
-        assert_eq!(name(&mut t, &format!("/machine.slice/libpod-{ID}.scope")), "container:db");
+        assert_eq!(
+            name(&mut t, &format!("/machine.slice/libpod-{ID}.scope")),
+            "container:db"
+        );
         assert_eq!(t.asked, ["Docker 4f3c", "Docker 4f3c", "Podman 4f3c"]);
         assert_eq!(name(&mut t, "/system.slice/nginx.service"), "service:nginx.service");
         assert_eq!(t.asked.len(), 3, "a service asks no runtime");

@@ -373,7 +373,12 @@ mod tests {
             "`min_attempts`: must be at least 1"
         );
         let c = Config::from_toml("host_root = \"host\"").unwrap();
-        assert!(c.validate().unwrap_err().to_string().starts_with("`host_root`: must be an absolute"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("`host_root`: must be an absolute")
+        );
     }
 
     #[test]

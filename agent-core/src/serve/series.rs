@@ -170,8 +170,7 @@ impl SentSeries {
             Some(w) => l.workload(w),
             None => l.workload(&Workload::from(OTHER)),
         };
-        l
-            .label("comm", self.comm.as_deref().unwrap_or(OTHER))
+        l.label("comm", self.comm.as_deref().unwrap_or(OTHER))
             .label("reason", &self.reason)
     }
 }

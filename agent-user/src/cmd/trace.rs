@@ -73,7 +73,12 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool, host_root: &Path) ->
                 let Some(ev) = (item.len() >= size_of::<Event>()).then(|| unsafe { read::<Event>(&item) }) else {
                     continue;
                 };
-                let l = line(&ev, workload(ev.cgroup_id).to_string(), &kernel.resolved.rst_reasons, offset);
+                let l = line(
+                    &ev,
+                    workload(ev.cgroup_id).to_string(),
+                    &kernel.resolved.rst_reasons,
+                    offset,
+                );
                 if print(l).is_err() {
                     return Ok(()); // stdout closed (piped into head): done.
                 }

@@ -121,11 +121,7 @@ fn total(v: &[u64]) -> u64 {
 
 impl Collector {
     /// Takes the aggregate maps out of `ebpf` (the programs stay attached through `ebpf`).
-    pub fn new(
-        mut ebpf: Ebpf,
-        workloads: Workloads,
-        rst_reasons: BTreeMap<u32, String>,
-    ) -> Result<Self, CollectError> {
+    pub fn new(mut ebpf: Ebpf, workloads: Workloads, rst_reasons: BTreeMap<u32, String>) -> Result<Self, CollectError> {
         Ok(Self {
             targets: take(&mut ebpf, names::TARGETS)?,
             resets_received: take(&mut ebpf, names::RESETS_RECEIVED)?,

@@ -198,7 +198,10 @@ impl HostFiles {
             let mut bytes = Vec::new();
             f.take(cap + 1).read_to_end(&mut bytes)?;
             if bytes.len() as u64 > cap {
-                return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("larger than {cap} bytes")));
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!("larger than {cap} bytes"),
+                ));
             }
             Ok(bytes)
         });
@@ -272,7 +275,9 @@ impl Sources for HostFiles {
                         .filter_map(|rel| self.read(Path::new(rel), MAX_LIST).map(|b| (rel, b)))
                         .flat_map(|(rel, bytes)| {
                             podman::names(&bytes)
-                                .inspect_err(|e| tracing::debug!(file = rel, error = %e, "unreadable Podman storage list"))
+                                .inspect_err(
+                                    |e| tracing::debug!(file = rel, error = %e, "unreadable Podman storage list"),
+                                )
                                 .unwrap_or_default()
                         })
                         .map(|(id, name)| (id, Found::Container(name)))
@@ -308,7 +313,12 @@ mod tests {
         for bytes in [
             br#"{"Name":"/web","Config":{"Lab"#.to_vec(),
             b"\0\xff".to_vec(),
-            [br#"{"Name":"/web","x":""#.as_slice(), &vec![b'a'; MAX_CONFIG as usize], b"\"}"].concat(),
+            [
+                br#"{"Name":"/web","x":""#.as_slice(),
+                &vec![b'a'; MAX_CONFIG as usize],
+                b"\"}",
+            ]
+            .concat(),
         ] {
             std::fs::write(docker.join("config.v2.json"), bytes).unwrap();
             assert_eq!(w.by_path(&path).workload, "container:4f3c2b1a09e8");

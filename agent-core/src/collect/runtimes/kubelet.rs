@@ -48,7 +48,15 @@ mod tests {
             pod_dir("kube-system_etcd-node1_d41d8cd98f00b204e9800998ecf8427e"),
             Some(("kube-system", "etcd-node1", "d41d8cd98f00b204e9800998ecf8427e"))
         );
-        for bad in ["", "shop", "shop_web", "shop_web_uid_x", "Shop_web_0b5e", "shop__0b5e", "shop_web_"] {
+        for bad in [
+            "",
+            "shop",
+            "shop_web",
+            "shop_web_uid_x",
+            "Shop_web_0b5e",
+            "shop__0b5e",
+            "shop_web_",
+        ] {
             assert_eq!(pod_dir(bad), None, "{bad}");
         }
     }
