@@ -39,7 +39,8 @@ const RELIST_EVERY: Duration = Duration::from_secs(1);
 pub struct Workloads {
     cgroups: Option<CgroupResolver>,
     files: HostFiles,
-    cache: HashMap<u64, (Workload, u64)>,
+    /// foldhash: looked up for every key of every map on every collection.
+    cache: foldhash::HashMap<u64, (Workload, u64)>,
     /// Ids a scrape met that the tick has not named yet.
     pending: BTreeSet<u64>,
     /// Collections so far: an entry's last use.
@@ -53,7 +54,7 @@ impl Workloads {
         Self {
             cgroups,
             files: HostFiles::new(host_root),
-            cache: HashMap::new(),
+            cache: foldhash::HashMap::default(),
             pending: BTreeSet::new(),
             generation: 0,
             unknown: Workload::from("unknown"),

@@ -56,6 +56,8 @@ pub fn names(json: &[u8]) -> Result<Found, serde_json::Error> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn pod(container: &str) -> Found {
@@ -102,5 +104,24 @@ mod tests {
         assert!(names(b"{\"annotations\":{\"io.kubernetes.pod.name\":").is_err());
         assert!(names(b"").is_err());
         assert!(names(br#"{"annotations":{"x":1}}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn names_found_are_kubernetes_names(
+            ns in "\\PC{0,12}", pod in "[a-z0-9.-]{0,12}", container in "\\PC{0,12}", crio in any::<bool>()
+        ) {
+            let keys = KEYS[usize::from(crio)];
+            let json = serde_json::json!({"annotations": {keys[0]: ns, keys[1]: pod, keys[2]: container}});
+            match names(json.to_string().as_bytes()).unwrap() {
+                Found::Pod { namespace, pod: p, container: c } => {
+                    prop_assert!(kube_name(&namespace) && kube_name(&p));
+                    prop_assert!(c.is_empty() || kube_name(&c));
+                    prop_assert_eq!((namespace, p), (ns, pod));
+                }
+                Found::Nothing => prop_assert!(!kube_name(&ns) || !kube_name(&pod)),
+                Found::Container(_) => prop_assert!(false, "a bundle names pods only"),
+            }
+        }
     }
 }
