@@ -348,6 +348,24 @@ fn every_family_names_kubernetes_docker_podman_and_systemd_workloads() {
         assert_eq!(api_names(&d, refusing), c.want, "{}", c.cgroup);
     }
 
+    // `status` shows them: each named workload's two targets (the cold start and the refusing
+    // one), with the container, or `-` outside Kubernetes.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--listen", &d.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for c in &named {
+        let container = if c.want[3].is_empty() { "-" } else { &c.want[3] };
+        let row = format!("{:<32} {container:<15} python3 ", c.want[0]);
+        assert_eq!(
+            table.lines().filter(|l| l.starts_with(&row)).count(),
+            2,
+            "{row}\n{table}"
+        );
+    }
+
     // The containers are gone, their cgroups and files too: they keep their names.
     let metrics_before = d.metrics();
     fs::remove_dir_all(&root).unwrap();
