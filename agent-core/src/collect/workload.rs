@@ -183,6 +183,14 @@ pub enum Found {
 }
 
 impl Found {
+    pub fn pod(namespace: &str, pod: &str, container: &str) -> Found {
+        Found::Pod {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            container: container.into(),
+        }
+    }
+
     fn or_else(self, f: impl FnOnce() -> Found) -> Found {
         match self {
             Found::Nothing => f(),
@@ -424,11 +432,7 @@ mod tests {
     }
 
     fn pod(container: &str) -> Found {
-        Found::Pod {
-            namespace: "shop".into(),
-            pod: "web-7d4f9c-x2k".into(),
-            container: container.into(),
-        }
+        Found::pod("shop", "web-7d4f9c-x2k", container)
     }
 
     #[test]

@@ -247,12 +247,7 @@ impl Sources for HostFiles {
             (self.list(paths::KUBELET_PODS).iter())
                 .filter_map(|n| {
                     let (namespace, pod, uid) = kubelet::pod_dir(n)?;
-                    let found = Found::Pod {
-                        namespace: namespace.into(),
-                        pod: pod.into(),
-                        container: String::new(),
-                    };
-                    Some((uid.to_string(), found))
+                    Some((uid.to_string(), Found::pod(namespace, pod, "")))
                 })
                 .collect()
         });

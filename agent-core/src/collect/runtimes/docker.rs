@@ -33,11 +33,7 @@ pub fn names(json: &[u8]) -> Result<Found, serde_json::Error> {
     {
         // The sandbox is cri-dockerd's `POD` container.
         let container = label("io.kubernetes.container.name").filter(|c| kube_name(c));
-        return Ok(Found::Pod {
-            namespace: ns.into(),
-            pod: pod.into(),
-            container: container.unwrap_or_default().into(),
-        });
+        return Ok(Found::pod(ns, pod, container.unwrap_or_default()));
     }
     if let (Some(project), Some(service)) = (label("com.docker.compose.project"), label("com.docker.compose.service")) {
         return Ok(Found::Container(format!("{project}/{service}")));

@@ -19,14 +19,7 @@ pub fn container_log(name: &str) -> Option<(&str, Found)> {
     let (container, id) = rest.rsplit_once('-')?;
     let id_ok = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
     let ok = parts.next().is_none() && id_ok && kube_name(pod) && kube_name(namespace) && kube_name(container);
-    ok.then(|| {
-        let found = Found::Pod {
-            namespace: namespace.into(),
-            pod: pod.into(),
-            container: container.into(),
-        };
-        (id, found)
-    })
+    ok.then(|| (id, Found::pod(namespace, pod, container)))
 }
 
 #[cfg(test)]

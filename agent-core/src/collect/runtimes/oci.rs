@@ -44,11 +44,7 @@ pub fn names(json: &[u8]) -> Result<Found, serde_json::Error> {
             _ => "",
         };
         if kube_name(ns) && kube_name(pod) {
-            return Ok(Found::Pod {
-                namespace: ns.clone(),
-                pod: pod.clone(),
-                container: container.into(),
-            });
+            return Ok(Found::pod(ns, pod, container));
         }
     }
     Ok(Found::Nothing)
@@ -61,11 +57,7 @@ mod tests {
     use super::*;
 
     fn pod(container: &str) -> Found {
-        Found::Pod {
-            namespace: "shop".into(),
-            pod: "web-7d4f9c-x2k".into(),
-            container: container.into(),
-        }
+        Found::pod("shop", "web-7d4f9c-x2k", container)
     }
 
     #[test]
