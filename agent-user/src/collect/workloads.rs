@@ -3,8 +3,8 @@
 //! `agent_core::collect::runtimes` and combined by `agent_core::collect::workload::resolve`.
 //!
 //! Off the scrape's path and bounded: names are cached per cgroup id, files are read only on a
-//! miss and only by the tick (a scrape names what the tick has not yet as pending, and leaves
-//! those rows to the next scrape), every file read is size-capped, directory listings are
+//! miss and only by the tick (a scrape marks the ids the tick has not named yet as pending and
+//! leaves their rows to the next scrape), every file read is size-capped, directory listings are
 //! re-read on a miss at most once a second, and the cache holds at most [`MAX_CACHED`] ids,
 //! dropping the least recently used. An id keeps its name as long as it stays in the cache:
 //! the kernel's maps are read on every collection, so a container that exited keeps its name
