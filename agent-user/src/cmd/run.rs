@@ -37,6 +37,15 @@ pub fn main(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The runtimes' files are read under it from the first tick: a missing one is a typo or a
+    // forgotten mount.
+    if !cfg.host_root.is_dir() {
+        eprintln!(
+            "refusal-agent: bad configuration: `host_root`: {} is not a directory (the host's / as this process sees it, e.g. / or /host)",
+            cfg.host_root.display()
+        );
+        return ExitCode::from(2);
+    }
     // A bad web config is a usage error: refuse it before loading any program.
     if let Some(path) = &cfg.web_config_file
         && let Err(e) = web::load(path)
