@@ -76,8 +76,9 @@ pub struct Collector {
 }
 
 /// What earlier collections learnt. Label values are resolved once per raw value: every
-/// collection (4 a second, more with scrapes) meets the same cgroups, comms and errnos on
-/// thousands of keys; bounded by the distinct keys the kernel maps can hold.
+/// collection (4 a second, more with scrapes) meets the same comms, errnos and reasons on
+/// thousands of keys; bounded by the distinct keys the kernel maps can hold. (Workload names
+/// are cached by [`Workloads`].)
 #[derive(Default)]
 struct Cache {
     interned: Interned,
