@@ -58,6 +58,29 @@ write("cgroup_workload", "mountinfo.txt", """\
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 """)
 
+# ---- runtime_files: the runtimes' files that name workloads, and kubelet log names ----
+
+write("runtime_files", "containerd_config.json",
+      '{"ociVersion":"1.1.0","annotations":{"io.kubernetes.cri.container-name":"nginx",'
+      '"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-name":"web-7d4f9c-x2k",'
+      '"io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.sandbox-uid":"' + UID + '"}}\n'
+      f"/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/cri-containerd-{CID}.scope\n")
+write("runtime_files", "crio_config.json",
+      '{"annotations":{"io.kubernetes.container.name":"app","io.kubernetes.cri-o.ContainerType":"container",'
+      '"io.kubernetes.pod.name":"api-5c8d-q7w","io.kubernetes.pod.namespace":"payments"}}\n'
+      f"/kubepods/burstable/pod{UID}/{CID}\n")
+write("runtime_files", "docker_config.v2.json",
+      '{"ID":"' + CID + '","Name":"/shop-web-1","Config":{"Labels":{"com.docker.compose.project":"shop",'
+      '"com.docker.compose.service":"web"}}}\n'
+      f"/system.slice/docker-{CID}.scope\n")
+write("runtime_files", "podman_containers.json",
+      '[{"id":"' + CID + '","names":["db"],"image":"5e6f","layer":"9c0d","metadata":"{}",'
+      '"created":"2026-12-02T08:00:00Z"}]\n'
+      f"/machine.slice/libpod-{CID}.scope\n")
+write("runtime_files", "kubelet_logs.txt",
+      f"web-7d4f9c-x2k_shop_nginx-{CID}.log\nshop_web-7d4f9c-x2k_{UID}\n"
+      f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice/crio-{CID}.scope\n")
+
 # ---- btf_parse: hand-built BTF, shaped like the kernel's for what the loader looks up ----
 
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, TYPEDEF, VOLATILE, FUNC, FUNC_PROTO = 1, 2, 3, 4, 5, 6, 8, 9, 12, 13

@@ -40,6 +40,9 @@ pub enum Command {
         /// Also trace connect(2) failures inside the syscall (the opt-in connect_sync hook).
         #[arg(long, env = "REFUSAL_CONNECT_SYNC")]
         connect_sync: bool,
+        /// Where the host's / is seen, for the runtimes' files that name workloads.
+        #[arg(long, env = "REFUSAL_HOST_ROOT", default_value = "/")]
+        host_root: PathBuf,
     },
     /// Show the running daemon's targets as a table (from /api/targets).
     Status {
@@ -111,6 +114,9 @@ pub struct RunArgs {
     /// Switch to this user (name or uid) after attaching [default: stay root, minimal capabilities].
     #[arg(long, env = "REFUSAL_USER")]
     pub user: Option<String>,
+    /// Where the host's / is seen, for the runtimes' files that name workloads [default: /].
+    #[arg(long, env = "REFUSAL_HOST_ROOT")]
+    pub host_root: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -139,7 +145,8 @@ impl RunArgs {
             max_series,
             log_format,
             attach,
-            pin_dir
+            pin_dir,
+            host_root
         );
         if self.keep_pins {
             c.keep_pins = true;
@@ -199,6 +206,25 @@ mod tests {
             run_args(&["--attach", "tp_btf"]).unwrap().attach,
             Some(AttachMode::TpBtf)
         );
+    }
+
+    #[test]
+    fn host_root_from_flag_env_or_file() {
+        let dir = std::env::temp_dir().join(format!("refusal-cli-root-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "host_root = \"/from-file\"\n").unwrap();
+        let config = file.to_str().unwrap();
+        let c = run_args(&["--config", config]).unwrap().config().unwrap();
+        assert_eq!(c.host_root, PathBuf::from("/from-file"));
+        let c = run_args(&["--config", config, "--host-root", "/host"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(c.host_root, PathBuf::from("/host"));
+        let e = run_args(&["--host-root", "host"]).unwrap().config().unwrap_err();
+        assert!(e.to_string().contains("host_root"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

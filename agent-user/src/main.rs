@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             json,
             attach,
             connect_sync,
-        } => cmd::trace::run(attach.unwrap_or_default(), opt_in(connect_sync), json),
+            host_root,
+        } => cmd::trace::run(attach.unwrap_or_default(), opt_in(connect_sync), json, &host_root),
         Command::Status { listen } => cmd::status::run(listen),
     }
 }

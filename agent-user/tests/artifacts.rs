@@ -44,12 +44,20 @@ const DASHBOARDS: &[(&str, &str, &[&str])] = &[
     (
         "refusal-overview.json",
         "refusal-overview",
-        &["datasource", "instance", "workload"],
+        &["datasource", "instance", "namespace", "pod", "workload"],
     ),
     (
         "refusal-target.json",
         "refusal-target",
-        &["datasource", "instance", "workload", "dst_addr", "dst_port"],
+        &[
+            "datasource",
+            "instance",
+            "namespace",
+            "pod",
+            "workload",
+            "dst_addr",
+            "dst_port",
+        ],
     ),
 ];
 
@@ -76,6 +84,7 @@ const CONFIG_KEYS: &[&str] = &[
     "connect_sync",
     "pin_dir",
     "keep_pins",
+    "host_root",
 ];
 
 const TIME_UNITS: &[&str] = &["s", "ms", "µs", "ns", "dtdurations", "dtdurationms", "percentunit"];
@@ -729,6 +738,10 @@ fn alerts_have_annotations_runbooks_and_tests() {
     assert!(problems.is_empty(), "alert problems:\n  {}", problems.join("\n  "));
 }
 
+/// The labels every family with `workload` has, empty (so absent in Prometheus) outside
+/// Kubernetes.
+const K8S_LABELS: [&str; 3] = ["namespace", "pod", "container"];
+
 /// `name{label="value",...}` of a promtool input series.
 fn parse_series(s: &str) -> (String, BTreeMap<String, String>) {
     let s = s.trim();
@@ -776,7 +789,16 @@ fn rule_tests_use_design_label_sets() {
             for s in t["input_series"].as_array().into_iter().flatten() {
                 let series = s["series"].as_str().unwrap_or("");
                 let (name, labels) = parse_series(series);
-                let have: BTreeSet<String> = labels.keys().cloned().collect();
+                let mut have: BTreeSet<String> = labels.keys().cloned().collect();
+                // Prometheus drops empty labels: outside Kubernetes a workload has no
+                // namespace, pod or container; a pod has a namespace.
+                assert_eq!(have.contains("pod"), have.contains("namespace"), "{file}: {series}");
+                if have.contains("container") {
+                    assert!(have.contains("pod"), "{file}: {series}: a container without its pod");
+                }
+                if have.contains("workload") {
+                    have.extend(K8S_LABELS.map(String::from));
+                }
                 match design_labels(&name) {
                     None => problems.push(format!("{file}: {name} is not a exported metric")),
                     Some(want) if want != have => problems.push(format!(
@@ -993,6 +1015,31 @@ fn deploy_files_agree() {
     // The pins that carry counts across pod restarts need the host's bpffs, writable.
     let bpffs = mounts.get("/sys/fs/bpf").expect("no volumeMount at /sys/fs/bpf");
     assert_ne!(bpffs["readOnly"], true, "/sys/fs/bpf must be writable for pin_dir");
+    // Workload names: every directory the runtimes keep them in, read-only under the host root.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.windows(2).any(|w| w == ["--host-root", "/host"]), "args: {args:?}");
+    use agent_core::collect::runtimes::paths as p;
+    let dirs = [
+        p::KUBELET_PODS,
+        p::KUBELET_CONTAINERS,
+        p::CONTAINERD_BUNDLES,
+        p::DOCKER_CONTAINERS,
+    ]
+    .into_iter()
+    .chain(p::CRIO_BUNDLES)
+    .chain(p::PODMAN_LISTS.map(|f| f.rsplit_once('/').unwrap().0));
+    for dir in dirs {
+        let path = format!("/host/{dir}");
+        let m = mounts
+            .get(path.as_str())
+            .unwrap_or_else(|| panic!("no volumeMount at {path}"));
+        assert_eq!(m["readOnly"], true, "{path} must be mounted read-only");
+    }
     // The ConfigMap's config uses only documented keys.
     if let Some(cm) = docs.iter().find(|d| d["kind"] == "ConfigMap") {
         for (k, _) in toml_keys(
@@ -1020,6 +1067,8 @@ fn deploy_files_agree() {
         .find(|d| d["kind"] == "ServiceMonitor")
         .expect("a ServiceMonitor");
     assert_eq!(mon["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+    // The workload's namespace and pod labels win over the agent pod's target labels.
+    assert_eq!(mon["spec"]["endpoints"][0]["honorLabels"], true);
 
     // Grafana provisioning.
     let prov = yaml_one(&read("dashboards/provisioning/dashboards.yaml"), "dashboards.yaml");
@@ -1031,6 +1080,7 @@ fn deploy_files_agree() {
     // The scrape config keeps the job name the alerts select.
     let scrape = yaml_one(&read("deploy/prometheus-scrape.yml"), "deploy/prometheus-scrape.yml");
     assert_eq!(scrape["scrape_configs"][0]["job_name"], "refusal-agent");
+    assert_eq!(scrape["scrape_configs"][0]["honor_labels"], true);
 }
 
 // ------------------------------------------------------------------------------------------------

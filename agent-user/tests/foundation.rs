@@ -216,6 +216,8 @@ fn bad_configuration_exits_2_naming_the_key() {
         (&[], "connect_sync = 1\n", "connect_sync", "boolean"),
         (&["--pin-dir", "pins"], "", "`pin_dir`", "absolute"),
         (&["--user", ""], "", "`user`", "user name or a numeric uid"),
+        (&["--host-root", "host"], "", "`host_root`", "absolute"),
+        (&[], "host_root = \"/no/such/root\"\n", "`host_root`", "not a directory"),
     ];
     let dir = std::env::temp_dir().join(format!("refusal-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

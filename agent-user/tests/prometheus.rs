@@ -28,6 +28,11 @@ fn encode(s: &str) -> String {
 /// Dashboard variables as Grafana would fill them: everything, one scrape interval's worth.
 fn substitute(expr: &str) -> String {
     let mut e = expr.to_string();
+    // All namespaces and pods is `.*` (the variables' allValue): it keeps the workloads outside
+    // Kubernetes, which have neither label.
+    for var in ["namespace", "pod"] {
+        e = e.replace(&format!("${var}"), ".*");
+    }
     for var in ["instance", "workload", "dst_addr", "dst_port", "job", "comm"] {
         e = e
             .replace(&format!("=\"${var}\""), "=~\".+\"")
@@ -106,6 +111,8 @@ struct Prometheus {
 }
 
 impl Prometheus {
+    /// Scrapes `target` as the DaemonSet's agent is scraped: with the agent pod's `namespace`
+    /// and `pod` as target labels, and `honor_labels`.
     fn start(target: SocketAddr) -> Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
         let dir = std::env::temp_dir().join(format!("refusal-prom-{}", std::process::id()));
@@ -113,7 +120,7 @@ impl Prometheus {
         std::fs::create_dir_all(&dir).unwrap();
         let rules = workspace_root().join("dashboards/rules");
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\nscrape_configs:\n  - job_name: refusal-agent\n    static_configs:\n      - targets: ['{target}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n  - {}\nscrape_configs:\n  - job_name: refusal-agent\n    honor_labels: true\n    static_configs:\n      - targets: ['{target}']\n        labels: {{namespace: refusal-agent, pod: refusal-agent-x7k2p}}\n",
             rules.join("refusal-recording.yml").display(),
             rules.join("refusal-alerts.yml").display()
         );
@@ -266,6 +273,15 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
         out.status.success() && complaints.trim().is_empty(),
         "promtool check metrics:\n{complaints}"
     );
+
+    // The agent pod's target labels stay off the workloads' series (which carry their own
+    // namespace and pod, empty outside Kubernetes) and label only the agent's own.
+    // (Over the last 30 s: a scrape a loaded machine timed out leaves no gap here.)
+    let agent = "{namespace=\"refusal-agent\",pod=\"refusal-agent-x7k2p\"}";
+    let seen = |series: &str| prom.query(&format!("last_over_time({series}[30s])"));
+    assert_eq!(seen(&format!("refusal_agent_build_info{agent}")), Ok(1));
+    assert_eq!(seen(&format!("refusal_connect_failures_total{agent}")), Ok(0));
+    assert!(seen("refusal_connect_failures_total{namespace=\"\",pod=\"\"}").is_ok_and(|n| n > 0));
 
     let mut exprs = dashboard_exprs();
     let rules = workspace_root().join("dashboards/rules");

@@ -21,6 +21,7 @@ use crate::{root, run};
 pub const TARGETS: &[&str] = &[
     "config_toml",
     "cgroup_workload",
+    "runtime_files",
     "btf_parse",
     "sock_diag_parse",
     "web_config",

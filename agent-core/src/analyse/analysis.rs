@@ -20,14 +20,14 @@ use crate::{
         listeners::{Book, Finding},
         verdict::{Engine, Outcome, State, Target, format_duration, format_secs},
     },
-    collect::{labels::Label, listening::Seed, snapshot::Snapshot},
+    collect::{labels::Label, listening::Seed, snapshot::Snapshot, workload::Workload},
     config::Thresholds,
 };
 
 /// A target (README, "Verdicts"): workload, comm, destination address and port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TargetId {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub dst_addr: IpAddr,
     pub dst_port: u16,
@@ -62,7 +62,7 @@ pub struct Analysis {
     /// Cumulative failures by errno per target, for the API.
     errnos: HashMap<TargetId, Vec<(Label, u64)>>,
     episodes: BTreeMap<(TargetId, &'static str), u64>,
-    cold_starts: BTreeMap<(Label, u16), Histogram>,
+    cold_starts: BTreeMap<(Workload, u16), Histogram>,
     /// Cold-start durations per target and per destination port, for retry advice.
     boots_by_target: Boots<TargetId>,
     boots_by_port: Boots<u16>,
@@ -304,7 +304,7 @@ impl Analysis {
     }
 
     /// Cold-start durations per workload and destination port.
-    pub fn cold_starts(&self) -> impl Iterator<Item = (&(Label, u16), &Histogram)> {
+    pub fn cold_starts(&self) -> impl Iterator<Item = (&(Workload, u16), &Histogram)> {
         self.cold_starts.iter()
     }
 

@@ -20,6 +20,7 @@ use crate::{
         labels::Label,
         listening::{Ending, ListenerEvent, Process, Seed, signal_name},
         sockdiag::canonical,
+        workload::Workload,
     },
 };
 
@@ -135,7 +136,7 @@ impl Lost {
 /// A `refusal_listener_lost_total` label set.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LossKey {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub port: u16,
     pub cause: &'static str,

@@ -110,6 +110,23 @@ pub fn errno(e: u16) -> String {
     name.into()
 }
 
+/// Appends `v` with `\`, newline and (in label values) `"` escaped.
+pub fn escape(out: &mut String, v: &str, quote: bool) {
+    let special = |b: u8| b == b'\\' || b == b'\n' || (quote && b == b'"');
+    if !v.bytes().any(special) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -5,14 +5,17 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use agent_common::{ListenEvent, listen_event};
 
-use crate::collect::labels::{self, Label};
+use crate::collect::{
+    labels::{self, Label},
+    workload::Workload,
+};
 
 /// A process as the kernel or `/proc` named it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     pub tgid: u32,
     pub comm: Label,
-    pub workload: Label,
+    pub workload: Workload,
 }
 
 /// How the task that closed a listener was doing, from `PF_EXITING` and its wait status.
@@ -71,7 +74,7 @@ pub enum ListenerEvent {
 
 impl ListenerEvent {
     /// Decodes a raw event; `workload` is its cgroup's name. `None` for an unknown kind.
-    pub fn decode(raw: &ListenEvent, workload: Label, comm: Label) -> Option<ListenerEvent> {
+    pub fn decode(raw: &ListenEvent, workload: Workload, comm: Label) -> Option<ListenerEvent> {
         let at = Duration::from_nanos(raw.ts_ns);
         let local = SocketAddr::new(labels::canonical_ip(raw.addr), raw.port);
         let process = Process {

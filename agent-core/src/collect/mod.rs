@@ -3,6 +3,7 @@
 pub mod events;
 pub mod labels;
 pub mod listening;
+pub mod runtimes;
 pub mod snapshot;
 pub mod sockdiag;
 pub mod workload;

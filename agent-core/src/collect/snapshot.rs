@@ -2,14 +2,14 @@
 //! analysis and exposition. Counts are cumulative since the maps were created.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use crate::collect::{labels::Label, listening::ListenerEvent};
+use crate::collect::{labels::Label, listening::ListenerEvent, workload::Workload};
 
 /// Connect outcomes to one target with one errno, labels resolved. `errno` is `None` for
 /// successes (only collected for watched ports).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub cgroup_id: u64,
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub proto: &'static str,
     pub dst_addr: IpAddr,
@@ -22,7 +22,7 @@ pub struct Outcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetReceived {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub dst_addr: IpAddr,
     pub dst_port: u16,
@@ -32,7 +32,7 @@ pub struct ResetReceived {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResetSent {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub reason: Label,
     pub count: u64,

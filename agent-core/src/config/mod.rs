@@ -80,6 +80,10 @@ pub struct Config {
     /// After attaching, switch to this user (name or numeric uid). Default: stay root, with
     /// only the capabilities still needed.
     pub user: Option<String>,
+    /// Where the host's filesystem is seen: the container runtimes' files that name workloads
+    /// (`var/log/pods`, `run/containerd`, `var/lib/docker`, …) are read below it. Default `/`;
+    /// `/host` for an agent in a container that mounts them there.
+    pub host_root: PathBuf,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             pin_dir: PathBuf::from("/sys/fs/bpf/refusal-agent"),
             keep_pins: false,
             user: None,
+            host_root: PathBuf::from("/"),
         }
     }
 }
@@ -186,6 +191,12 @@ impl Config {
                 key: "pin_dir",
                 message: "must be an absolute directory path below a bpffs mount, e.g. /sys/fs/bpf/refusal-agent"
                     .into(),
+            });
+        }
+        if !self.host_root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "host_root",
+                message: "must be an absolute directory path where the host's / is seen, e.g. / or /host".into(),
             });
         }
         if self.user.as_deref().is_some_and(str::is_empty) {
@@ -331,6 +342,7 @@ mod tests {
         assert_eq!(c.gave_up_after, Duration::from_secs(30));
         assert_eq!(c.advice_window, Duration::from_secs(86_400));
         assert_eq!(c.advice_min_cold_starts, 5);
+        assert_eq!(c.host_root, PathBuf::from("/"));
         assert_eq!(Config::from_toml("").unwrap(), c);
         c.validate().unwrap();
     }
@@ -359,6 +371,13 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "`min_attempts`: must be at least 1"
+        );
+        let c = Config::from_toml("host_root = \"host\"").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("`host_root`: must be an absolute")
         );
     }
 

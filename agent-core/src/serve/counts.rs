@@ -4,7 +4,7 @@
 use std::hash::Hash;
 
 use crate::{
-    collect::{labels::Label, snapshot::Snapshot},
+    collect::{labels::Label, snapshot::Snapshot, workload::Workload},
     serve::{
         exposition::{Sample, Text},
         families::{self, Family},
@@ -40,6 +40,7 @@ fn capped<S: Hash + Eq>(
 /// Writes the kernel-counted metrics of `snap`, folding label sets past the cap.
 pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
     let other = Label::from(OTHER);
+    let anyone = Workload::from(OTHER);
     capped(
         out,
         &families::CONNECT_FAILURES,
@@ -63,7 +64,7 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
         }),
         snap.overflow.failures.iter().map(|((proto, errno), n)| {
             let s = FailureSeries {
-                workload: other.clone(),
+                workload: anyone.clone(),
                 comm: other.clone(),
                 proto,
                 dst_addr: None,
@@ -95,7 +96,7 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
         }),
         snap.overflow.resets_received.iter().map(|(state, n)| {
             let s = ReceivedSeries {
-                workload: other.clone(),
+                workload: anyone.clone(),
                 comm: other.clone(),
                 dst_addr: None,
                 dst_port: None,

@@ -7,7 +7,10 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use crate::analyse::histogram::Histogram;
+use crate::{
+    analyse::histogram::Histogram,
+    collect::{labels::escape, workload::Workload},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -113,6 +116,15 @@ impl<'a> Sample<'a> {
         self.labels += 1;
         self.out.push_str(name);
         self.out.push_str("=\"");
+    }
+
+    /// A workload's labels (`workload`, `namespace`, `pod`, `container`), escaped once when it
+    /// was resolved.
+    pub fn workload(mut self, w: &Workload) -> Self {
+        self.out.push(if self.labels == 0 { '{' } else { ',' });
+        self.out.push_str(w.label_text());
+        self.labels += Workload::LABELS;
+        self
     }
 
     /// A label whose value is arbitrary text (escaped).
@@ -237,23 +249,6 @@ pub fn float(out: &mut String, v: f64) {
         v if v.is_nan() => write!(out, "NaN"),
         v => write!(out, "{v}"),
     };
-}
-
-/// Appends `v` with `\`, newline and (in label values) `"` escaped.
-fn escape(out: &mut String, v: &str, quote: bool) {
-    let special = |b: u8| b == b'\\' || b == b'\n' || (quote && b == b'"');
-    if !v.bytes().any(special) {
-        out.push_str(v);
-        return;
-    }
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' if quote => out.push_str("\\\""),
-            c => out.push(c),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,17 @@ pub const CONNECT_FAILURES: Family = Family {
     name: "refusal_connect_failures_total",
     kind: Kind::Counter,
     help: "Outgoing connects that failed, by target and errno (counted in the kernel).",
-    labels: &["workload", "comm", "proto", "dst_addr", "dst_port", "errno"],
+    labels: &[
+        "workload",
+        "namespace",
+        "pod",
+        "container",
+        "comm",
+        "proto",
+        "dst_addr",
+        "dst_port",
+        "errno",
+    ],
     cap: Cap::Always,
 };
 
@@ -44,7 +54,16 @@ pub const RESETS_RECEIVED: Family = Family {
     name: "refusal_resets_received_total",
     kind: Kind::Counter,
     help: "RSTs received, by remote end and the TCP state the RST hit.",
-    labels: &["workload", "comm", "dst_addr", "dst_port", "state"],
+    labels: &[
+        "workload",
+        "namespace",
+        "pod",
+        "container",
+        "comm",
+        "dst_addr",
+        "dst_port",
+        "state",
+    ],
     cap: Cap::Always,
 };
 
@@ -52,7 +71,7 @@ pub const RESETS_SENT: Family = Family {
     name: "refusal_resets_sent_total",
     kind: Kind::Counter,
     help: "RSTs this host's sockets sent, by sk_rst_reason.",
-    labels: &["workload", "comm", "reason"],
+    labels: &["workload", "namespace", "pod", "container", "comm", "reason"],
     cap: Cap::Always,
 };
 
@@ -77,7 +96,16 @@ pub const TARGET_STATE: Family = Family {
     name: "refusal_target_state",
     kind: Kind::Gauge,
     help: "1 for the state each target with refusals is in (refusing, persistent, flapping).",
-    labels: &["workload", "comm", "dst_addr", "dst_port", "state"],
+    labels: &[
+        "workload",
+        "namespace",
+        "pod",
+        "container",
+        "comm",
+        "dst_addr",
+        "dst_port",
+        "state",
+    ],
     cap: Cap::OnceFolded,
 };
 
@@ -85,7 +113,16 @@ pub const EPISODES: Family = Family {
     name: "refusal_episodes_total",
     kind: Kind::Counter,
     help: "Refusal episodes that ended, by outcome: cold_start (came up in time) or recovered (after persistent).",
-    labels: &["workload", "comm", "dst_addr", "dst_port", "outcome"],
+    labels: &[
+        "workload",
+        "namespace",
+        "pod",
+        "container",
+        "comm",
+        "dst_addr",
+        "dst_port",
+        "outcome",
+    ],
     cap: Cap::OnceFolded,
 };
 
@@ -93,7 +130,7 @@ pub const COLD_START_DURATION: Family = Family {
     name: "refusal_cold_start_duration_seconds",
     kind: Kind::Histogram,
     help: "Time from an episode's first refusal to the first successful connect, for cold starts.",
-    labels: &["workload", "dst_port"],
+    labels: &["workload", "namespace", "pod", "container", "dst_port"],
     // One per workload and port that ever cold-started: bounded by the targets.
     cap: Cap::None,
 };
@@ -102,7 +139,16 @@ pub const LISTENER_LOST: Family = Family {
     name: "refusal_listener_lost_total",
     kind: Kind::Counter,
     help: "Listeners that went away, by cause (exited, killed, oom_killed, closed), and whether their process died within a second of a connection reset.",
-    labels: &["workload", "comm", "local_port", "cause", "after_reset"],
+    labels: &[
+        "workload",
+        "namespace",
+        "pod",
+        "container",
+        "comm",
+        "local_port",
+        "cause",
+        "after_reset",
+    ],
     cap: Cap::OnceFolded,
 };
 

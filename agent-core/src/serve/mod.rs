@@ -139,14 +139,14 @@ mod tests {
         };
         let expected = r#"# HELP refusal_connect_failures_total Outgoing connects that failed, by target and errno (counted in the kernel).
 # TYPE refusal_connect_failures_total counter
-refusal_connect_failures_total{workload="/",comm="curl",proto="tcp",dst_addr="10.0.0.7",dst_port="80",errno="ECONNREFUSED"} 5
-refusal_connect_failures_total{workload="/",comm="a\"b\\c\nd",proto="tcp",dst_addr="10.0.0.8",dst_port="443",errno="ECONNREFUSED"} 1
+refusal_connect_failures_total{workload="/",namespace="",pod="",container="",comm="curl",proto="tcp",dst_addr="10.0.0.7",dst_port="80",errno="ECONNREFUSED"} 5
+refusal_connect_failures_total{workload="/",namespace="",pod="",container="",comm="a\"b\\c\nd",proto="tcp",dst_addr="10.0.0.8",dst_port="443",errno="ECONNREFUSED"} 1
 # HELP refusal_resets_received_total RSTs received, by remote end and the TCP state the RST hit.
 # TYPE refusal_resets_received_total counter
-refusal_resets_received_total{workload="/",comm="unknown",dst_addr="::1",dst_port="80",state="established"} 2
+refusal_resets_received_total{workload="/",namespace="",pod="",container="",comm="unknown",dst_addr="::1",dst_port="80",state="established"} 2
 # HELP refusal_resets_sent_total RSTs this host's sockets sent, by sk_rst_reason.
 # TYPE refusal_resets_sent_total counter
-refusal_resets_sent_total{workload="service:srv.service",comm="srv",reason="tcp_abort_on_linger"} 4
+refusal_resets_sent_total{workload="service:srv.service",namespace="",pod="",container="",comm="srv",reason="tcp_abort_on_linger"} 4
 # HELP refusal_inbound_refused_total Inbound connection attempts this host refused (RST, no socket), by local address and port.
 # TYPE refusal_inbound_refused_total counter
 refusal_inbound_refused_total{local_addr="10.0.0.1",local_port="8080"} 9
@@ -194,10 +194,10 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         assert_eq!(
             failures,
             [
-                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.0\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 10",
-                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.1\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 11",
-                "refusal_connect_failures_total{workload=\"/\",comm=\"curl\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 39",
-                "refusal_connect_failures_total{workload=\"other\",comm=\"other\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 7",
+                "refusal_connect_failures_total{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.0\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 10",
+                "refusal_connect_failures_total{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"curl\",proto=\"tcp\",dst_addr=\"10.0.0.1\",dst_port=\"80\",errno=\"ECONNREFUSED\"} 11",
+                "refusal_connect_failures_total{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"curl\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 39",
+                "refusal_connect_failures_total{workload=\"other\",namespace=\"\",pod=\"\",container=\"\",comm=\"other\",proto=\"tcp\",dst_addr=\"other\",dst_port=\"other\",errno=\"ECONNREFUSED\"} 7",
             ]
         );
         assert!(
@@ -260,13 +260,13 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         assert_eq!((t.state, t.refused_total, t.cold_starts), (State::Ok, 5, 1));
         assert_eq!(t.counts["ECONNREFUSED"], 5);
         let text = verdict_text(&a, &mut SeriesCap::new(100));
-        assert!(text.contains("refusal_episodes_total{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",outcome=\"cold_start\"} 1\n"), "{text}");
+        assert!(text.contains("refusal_episodes_total{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",outcome=\"cold_start\"} 1\n"), "{text}");
         assert!(
-            text.contains("refusal_cold_start_duration_seconds_sum{workload=\"/\",dst_port=\"8080\"} 4\n"),
+            text.contains("refusal_cold_start_duration_seconds_sum{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",dst_port=\"8080\"} 4\n"),
             "{text}"
         );
         assert!(
-            text.contains("refusal_cold_start_duration_seconds_bucket{workload=\"/\",dst_port=\"8080\",le=\"5\"} 1\n"),
+            text.contains("refusal_cold_start_duration_seconds_bucket{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",dst_port=\"8080\",le=\"5\"} 1\n"),
             "{text}"
         );
     }
@@ -328,7 +328,7 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
             stale.explanation
         );
         let text = verdict_text(&a, &mut SeriesCap::new(100));
-        assert!(text.contains("refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",state=\"refusing\"} 1\n"), "{text}");
+        assert!(text.contains("refusal_target_state{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"app\",dst_addr=\"10.0.0.7\",dst_port=\"8080\",state=\"refusing\"} 1\n"), "{text}");
         assert!(!text.contains("state=\"persistent\""), "{text}");
     }
 
@@ -350,9 +350,9 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         assert_eq!(
             states,
             [
-                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.1\",dst_port=\"8080\",state=\"refusing\"} 1",
-                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"10.0.0.2\",dst_port=\"8080\",state=\"refusing\"} 1",
-                "refusal_target_state{workload=\"/\",comm=\"app\",dst_addr=\"other\",dst_port=\"other\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"app\",dst_addr=\"10.0.0.1\",dst_port=\"8080\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"app\",dst_addr=\"10.0.0.2\",dst_port=\"8080\",state=\"refusing\"} 1",
+                "refusal_target_state{workload=\"/\",namespace=\"\",pod=\"\",container=\"\",comm=\"app\",dst_addr=\"other\",dst_port=\"other\",state=\"refusing\"} 1",
             ]
         );
         assert_eq!(cap.overflow().last(), Some(("refusal_target_state", 2)));

@@ -8,7 +8,7 @@ use std::{hash::Hash, net::IpAddr};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::{
-    collect::labels::Label,
+    collect::{labels::Label, workload::Workload},
     serve::{
         exposition::{Sample, Text},
         families::{self, Cap, Family},
@@ -117,7 +117,7 @@ impl Tally {
 /// A `refusal_connect_failures_total` label set; `None` address and port: folded into `other`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FailureSeries {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub proto: &'static str,
     pub dst_addr: Option<IpAddr>,
@@ -128,7 +128,7 @@ pub struct FailureSeries {
 /// A `refusal_resets_received_total` label set.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReceivedSeries {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub dst_addr: Option<IpAddr>,
     pub dst_port: Option<u16>,
@@ -138,14 +138,14 @@ pub struct ReceivedSeries {
 /// A `refusal_resets_sent_total` label set; `None` workload and comm: folded into `other`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SentSeries {
-    pub workload: Option<Label>,
+    pub workload: Option<Workload>,
     pub comm: Option<Label>,
     pub reason: Label,
 }
 
 impl FailureSeries {
     pub fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
-        l.label("workload", &self.workload)
+        l.workload(&self.workload)
             .label("comm", &self.comm)
             .label("proto", self.proto)
             .or_other("dst_addr", self.dst_addr)
@@ -156,7 +156,7 @@ impl FailureSeries {
 
 impl ReceivedSeries {
     pub fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
-        l.label("workload", &self.workload)
+        l.workload(&self.workload)
             .label("comm", &self.comm)
             .or_other("dst_addr", self.dst_addr)
             .or_other("dst_port", self.dst_port)
@@ -166,8 +166,11 @@ impl ReceivedSeries {
 
 impl SentSeries {
     pub fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
-        l.label("workload", self.workload.as_deref().unwrap_or(OTHER))
-            .label("comm", self.comm.as_deref().unwrap_or(OTHER))
+        let l = match &self.workload {
+            Some(w) => l.workload(w),
+            None => l.workload(&Workload::from(OTHER)),
+        };
+        l.label("comm", self.comm.as_deref().unwrap_or(OTHER))
             .label("reason", &self.reason)
     }
 }
@@ -181,7 +184,7 @@ pub fn inbound_labels<'a>(local: &Option<(IpAddr, u16)>, l: Sample<'a>) -> Sampl
 /// port folded into `other` (`dst` `None`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TargetSeries {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub dst: Option<(IpAddr, u16)>,
 }
@@ -195,7 +198,7 @@ impl TargetSeries {
     }
 
     pub fn labels<'a>(&self, s: Sample<'a>) -> Sample<'a> {
-        s.label("workload", &self.workload)
+        s.workload(&self.workload)
             .label("comm", &self.comm)
             .or_other("dst_addr", self.dst.map(|d| d.0))
             .or_other("dst_port", self.dst.map(|d| d.1))
@@ -205,7 +208,7 @@ impl TargetSeries {
 /// A `refusal_listener_lost_total` label set; `None` port: folded into `other`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LostSeries {
-    pub workload: Label,
+    pub workload: Workload,
     pub comm: Label,
     pub port: Option<u16>,
     pub cause: &'static str,
@@ -214,7 +217,7 @@ pub struct LostSeries {
 
 impl LostSeries {
     pub fn labels<'a>(&self, l: Sample<'a>) -> Sample<'a> {
-        l.label("workload", &self.workload)
+        l.workload(&self.workload)
             .label("comm", &self.comm)
             .or_other("local_port", self.port)
             .label("cause", self.cause)

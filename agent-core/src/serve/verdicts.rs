@@ -66,7 +66,7 @@ pub fn render(analysis: &Analysis, series: &mut SeriesCap, out: &mut Text) {
     f::COLD_START_DURATION.open(out);
     for ((workload, port), h) in analysis.cold_starts() {
         exposition::histogram(out, f::COLD_START_DURATION.name, h, |s| {
-            s.label("workload", workload).plain("dst_port", *port)
+            s.workload(workload).plain("dst_port", *port)
         });
     }
 

@@ -21,6 +21,9 @@ pub struct ProcessView {
     pub pid: u32,
     pub comm: String,
     pub workload: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 impl From<&Process> for ProcessView {
@@ -28,7 +31,10 @@ impl From<&Process> for ProcessView {
         ProcessView {
             pid: p.tgid,
             comm: p.comm.to_string(),
-            workload: p.workload.to_string(),
+            workload: p.workload.workload.clone(),
+            namespace: p.workload.namespace.clone(),
+            pod: p.workload.pod.clone(),
+            container: p.workload.container.clone(),
         }
     }
 }
@@ -94,6 +100,10 @@ pub struct EpisodeView {
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetView {
     pub workload: String,
+    /// The Kubernetes names (empty outside Kubernetes).
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
     pub comm: String,
     pub dst_addr: String,
     pub dst_port: u16,
@@ -147,6 +157,12 @@ pub struct PortAdvice {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct Target {
     pub workload: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub pod: String,
+    #[serde(default)]
+    pub container: String,
     pub comm: String,
     pub dst_addr: String,
     pub dst_port: u16,
@@ -222,7 +238,10 @@ pub fn targets(analysis: &Analysis, realtime_offset: f64) -> Vec<TargetView> {
             let (diagnosis, explanation) = analysis.explain(id, &|d| clock.time_of_day(d));
             let local = SocketAddr::new(id.dst_addr, id.dst_port);
             TargetView {
-                workload: id.workload.to_string(),
+                workload: id.workload.workload.clone(),
+                namespace: id.workload.namespace.clone(),
+                pod: id.workload.pod.clone(),
+                container: id.workload.container.clone(),
                 comm: id.comm.to_string(),
                 dst_addr: id.dst_addr.to_string(),
                 dst_port: id.dst_port,

@@ -18,6 +18,7 @@ use crate::{
         clock::monotonic_ns,
         collector::{CollectError, Collector},
         listeners,
+        workloads::Workloads,
     },
     kernel::{
         self, caps, loader,
@@ -36,6 +37,15 @@ pub fn main(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The runtimes' files are read under it from the first tick: a missing one is a typo or a
+    // forgotten mount.
+    if !cfg.host_root.is_dir() {
+        eprintln!(
+            "refusal-agent: bad configuration: `host_root`: {} is not a directory (the host's / as this process sees it, e.g. / or /host)",
+            cfg.host_root.display()
+        );
+        return ExitCode::from(2);
+    }
     // A bad web config is a usage error: refuse it before loading any program.
     if let Some(path) = &cfg.web_config_file
         && let Err(e) = web::load(path)
@@ -204,13 +214,13 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
             "pinned; counting continues across restarts"
         );
     }
-    let resolver = CgroupResolver::new()
+    let cgroups = CgroupResolver::new()
         .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
         .ok();
+    let mut workloads = Workloads::new(cgroups, &cfg.host_root);
     // The parsed BTF (tens of MiB) is needed only to load and attach.
     let rst_reasons = kernel.resolved.rst_reasons;
     drop((kernel.btf, kernel.ours));
-    let collector = Collector::new(loaded.ebpf, resolver, rst_reasons)?;
     let info = AgentInfo {
         version: env!("CARGO_PKG_VERSION"),
         kernel: kernel::release(),
@@ -218,7 +228,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
     };
     // After attaching, so no listener falls between the seed and the events (those that do
     // are in both, and counted once), and before privileges go (other namespaces need them).
-    let seed = listeners::seed();
+    let seed = listeners::seed(&mut |path| workloads.by_path(path));
     let unlisted: Vec<String> = (seed.namespaces.iter())
         .filter_map(|(ns, r)| r.as_ref().err().map(|e| format!("{ns}: {e}")))
         .collect();
@@ -229,6 +239,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
         unlisted = ?unlisted,
         "listener history seeded"
     );
+    let collector = Collector::new(loaded.ebpf, workloads, rst_reasons)?;
     let started = Duration::from_nanos(monotonic_ns());
     let state = State::new(
         collector,

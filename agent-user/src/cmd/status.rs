@@ -46,8 +46,8 @@ fn fetch(addr: SocketAddr) -> Result<Body, String> {
 
 pub fn table(targets: &[Target]) -> String {
     let mut out = format!(
-        "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
-        "WORKLOAD", "COMM", "TARGET", "STATE", "REFUSED", "WHY"
+        "{:<32} {:<15} {:<15} {:<30} {:<10} {:>7}  {}\n",
+        "WORKLOAD", "CONTAINER", "COMM", "TARGET", "STATE", "REFUSED", "WHY"
     );
     for t in targets {
         let target = if t.dst_addr.contains(':') {
@@ -55,9 +55,11 @@ pub fn table(targets: &[Target]) -> String {
         } else {
             format!("{}:{}", t.dst_addr, t.dst_port)
         };
+        // The pod is in the workload (`pod:<namespace>/<pod>`); outside Kubernetes, no container.
+        let container = if t.container.is_empty() { "-" } else { &t.container };
         out.push_str(&format!(
-            "{:<24} {:<15} {:<30} {:<10} {:>7}  {}\n",
-            t.workload, t.comm, target, t.state, t.refused_total, t.explanation
+            "{:<32} {:<15} {:<15} {:<30} {:<10} {:>7}  {}\n",
+            t.workload, container, t.comm, target, t.state, t.refused_total, t.explanation
         ));
     }
     out
@@ -81,6 +83,18 @@ mod tests {
 
     #[test]
     fn renders_a_row_per_target() {
+        let pod = Target {
+            workload: "pod:shop/web-7d4f9c-x2k".into(),
+            namespace: "shop".into(),
+            pod: "web-7d4f9c-x2k".into(),
+            container: "nginx".into(),
+            comm: "curl".into(),
+            dst_addr: "10.0.0.7".into(),
+            dst_port: 80,
+            state: "refusing".into(),
+            refused_total: 3,
+            ..Target::default()
+        };
         let t = Target {
             workload: "container:0123456789ab".into(),
             comm: "app".into(),
@@ -91,10 +105,15 @@ mod tests {
             explanation: "refused 212 times over 3m12s and never accepted".into(),
             ..Target::default()
         };
-        let text = table(&[t]);
+        let text = table(&[pod, t]);
         let row = text.lines().nth(1).unwrap();
         assert!(
-            row.starts_with("container:0123456789ab   app             [fd00::7]:8080"),
+            row.starts_with("pod:shop/web-7d4f9c-x2k          nginx           curl            10.0.0.7:80 "),
+            "{row}"
+        );
+        let row = text.lines().nth(2).unwrap();
+        assert!(
+            row.starts_with("container:0123456789ab           -               app             [fd00::7]:8080"),
             "{row}"
         );
         assert!(

@@ -4,6 +4,7 @@
 //! programs never wake anyone per event.
 use std::{
     io::Write,
+    path::Path,
     process::ExitCode,
     sync::{
         Arc,
@@ -24,7 +25,7 @@ use agent_core::{
 use aya::maps::RingBuf;
 
 use crate::{
-    collect::{cgroups::CgroupResolver, clock::realtime_offset_ns},
+    collect::{cgroups::CgroupResolver, clock::realtime_offset_ns, workloads::Workloads},
     kernel::loader,
 };
 
@@ -39,7 +40,7 @@ unsafe fn read<T>(bytes: &[u8]) -> T {
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
 }
 
-pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
+pub fn run(attach: AttachMode, opt_in: &[&str], json: bool, host_root: &Path) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let kernel = loader::prepare().map_err(|e| e.to_string())?;
         let mut loaded =
@@ -49,7 +50,7 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
             RingBuf::try_from(map).map_err(|e| e.to_string())
         };
         let (mut events, mut listeners) = (ring(names::EVENTS)?, ring(names::LISTEN_EVENTS)?);
-        let mut resolver = CgroupResolver::new().ok();
+        let mut workloads = Workloads::new(CgroupResolver::new().ok(), host_root);
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [libc::SIGINT, libc::SIGTERM] {
             signal_flag(sig, &stop)?;
@@ -57,10 +58,7 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
         let offset = realtime_offset_ns();
         let mut out = std::io::stdout().lock();
         eprintln!("tracing; Ctrl-C to stop");
-        let mut workload = |cgroup_id| match resolver.as_mut() {
-            Some(r) => r.workload(cgroup_id),
-            None => format!("cgroup:{cgroup_id}"),
-        };
+        let mut workload = |cgroup_id| workloads.resolve(cgroup_id);
         let mut print = |l: Line| {
             let text = if json {
                 serde_json::to_string(&l).unwrap_or_default()
@@ -75,7 +73,12 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
                 let Some(ev) = (item.len() >= size_of::<Event>()).then(|| unsafe { read::<Event>(&item) }) else {
                     continue;
                 };
-                let l = line(&ev, workload(ev.cgroup_id), &kernel.resolved.rst_reasons, offset);
+                let l = line(
+                    &ev,
+                    workload(ev.cgroup_id).to_string(),
+                    &kernel.resolved.rst_reasons,
+                    offset,
+                );
                 if print(l).is_err() {
                     return Ok(()); // stdout closed (piped into head): done.
                 }
@@ -87,7 +90,7 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool) -> ExitCode {
                     continue;
                 };
                 let comm = labels::comm(&raw.comm).into();
-                let Some(ev) = ListenerEvent::decode(&raw, workload(raw.cgroup_id).into(), comm) else {
+                let Some(ev) = ListenerEvent::decode(&raw, workload(raw.cgroup_id), comm) else {
                     continue;
                 };
                 if print(listener_line(&ev, offset)).is_err() {

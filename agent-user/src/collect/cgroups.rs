@@ -1,13 +1,12 @@
-//! cgroup id → workload name: the kernel gives the id, `open_by_handle_at` the path, and
-//! `agent_core::collect::workload` the name operators know.
+//! cgroup id → cgroup path: the kernel gives the id, `open_by_handle_at` the path (named by
+//! `workloads.rs`).
 use std::{
-    collections::HashMap,
     ffi::CString,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
 };
 
-use agent_core::collect::workload::{cgroup2_mount, from_cgroup_path};
+use agent_core::collect::workload::cgroup2_mount;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -18,12 +17,11 @@ pub enum ResolveError {
 }
 
 /// Resolves cgroup ids (the kernel's `bpf_get_current_cgroup_id`, a kernfs inode number) to
-/// workload names, through `open_by_handle_at` on the cgroup2 mount: one syscall per new id,
-/// no directory walk. Results are cached.
+/// paths, through `open_by_handle_at` on the cgroup2 mount: one syscall per id, no directory
+/// walk.
 pub struct CgroupResolver {
     mount: PathBuf,
     mount_fd: OwnedFd,
-    cache: HashMap<u64, String>,
 }
 
 impl CgroupResolver {
@@ -41,30 +39,11 @@ impl CgroupResolver {
         }
         // SAFETY: fd was just opened and is not shared.
         let mount_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self {
-            mount,
-            mount_fd,
-            cache: HashMap::new(),
-        })
+        Ok(Self { mount, mount_fd })
     }
 
-    pub fn workload(&mut self, cgroup_id: u64) -> String {
-        if cgroup_id == 0 {
-            return "unknown".into();
-        }
-        if let Some(w) = self.cache.get(&cgroup_id) {
-            return w.clone();
-        }
-        let w = match self.path(cgroup_id) {
-            Some(p) => from_cgroup_path(&p),
-            // Gone before we looked: keep the id so its counts stay distinguishable.
-            None => format!("cgroup:{cgroup_id}"),
-        };
-        self.cache.insert(cgroup_id, w.clone());
-        w
-    }
-
-    fn path(&self, cgroup_id: u64) -> Option<String> {
+    /// The cgroup's path relative to the cgroup2 mount (leading `/`); `None` once it is gone.
+    pub fn path(&self, cgroup_id: u64) -> Option<String> {
         #[repr(C)]
         struct Handle {
             bytes: u32,

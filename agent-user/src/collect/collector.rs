@@ -22,7 +22,7 @@ use aya::{
 };
 use foldhash::HashMap;
 
-use crate::collect::{batch, cgroups::CgroupResolver, clock::monotonic_ns, watch::WatchMap};
+use crate::collect::{batch, clock::monotonic_ns, watch::WatchMap, workloads::Workloads};
 
 /// Owner entries go when their socket closes. One older than this is a long-lived connection
 /// (its resets then fall back to the socket's cgroup) or the leftover of a connect that failed
@@ -43,8 +43,9 @@ pub enum CollectError {
     Mmap { name: &'static str, source: std::io::Error },
 }
 
-/// What a collection reads. The 250 ms tick needs only what verdicts and diagnoses use; a
-/// scrape reads everything.
+/// What a collection reads. The 250 ms tick needs only what verdicts and diagnoses use, and
+/// names new workloads (reading the runtimes' files); a scrape reads everything and no file:
+/// rows of a cgroup the tick has not named yet wait for the next scrape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// Connect outcomes and inbound refusals.
@@ -67,7 +68,7 @@ pub struct Collector {
     unwatched: BTreeMap<u16, Instant>,
     /// The programs (attached while this lives), for their kernel run time.
     ebpf: Ebpf,
-    resolver: Option<CgroupResolver>,
+    workloads: Workloads,
     rst_reasons: BTreeMap<u32, String>,
     last_gc: Instant,
     owners_expired: u64,
@@ -75,29 +76,18 @@ pub struct Collector {
 }
 
 /// What earlier collections learnt. Label values are resolved once per raw value: every
-/// collection (4 a second, more with scrapes) meets the same cgroups, comms and errnos on
-/// thousands of keys; bounded by the distinct keys the kernel maps can hold.
+/// collection (4 a second, more with scrapes) meets the same comms, errnos and reasons on
+/// thousands of keys; bounded by the distinct keys the kernel maps can hold. (Workload names
+/// are cached by [`Workloads`].)
 #[derive(Default)]
 struct Cache {
     interned: Interned,
-    workloads: HashMap<u64, Label>,
     reasons: HashMap<u32, Label>,
     /// Entries of each map last time: the snapshot is sized once, not grown and copied.
     sizes: [usize; 4],
 }
 
 impl Cache {
-    fn workload(&mut self, resolver: Option<&mut CgroupResolver>, cgroup_id: u64) -> Label {
-        let name = self.workloads.entry(cgroup_id).or_insert_with(|| {
-            match resolver {
-                Some(r) => r.workload(cgroup_id),
-                None => format!("cgroup:{cgroup_id}"),
-            }
-            .into()
-        });
-        name.clone()
-    }
-
     fn reason(&mut self, rst_reasons: &BTreeMap<u32, String>, reason: u32) -> Label {
         let name = self
             .reasons
@@ -132,11 +122,7 @@ fn total(v: &[u64]) -> u64 {
 
 impl Collector {
     /// Takes the aggregate maps out of `ebpf` (the programs stay attached through `ebpf`).
-    pub fn new(
-        mut ebpf: Ebpf,
-        resolver: Option<CgroupResolver>,
-        rst_reasons: BTreeMap<u32, String>,
-    ) -> Result<Self, CollectError> {
+    pub fn new(mut ebpf: Ebpf, workloads: Workloads, rst_reasons: BTreeMap<u32, String>) -> Result<Self, CollectError> {
         Ok(Self {
             targets: take(&mut ebpf, names::TARGETS)?,
             resets_received: take(&mut ebpf, names::RESETS_RECEIVED)?,
@@ -156,7 +142,7 @@ impl Collector {
             listen_events: take(&mut ebpf, names::LISTEN_EVENTS)?,
             unwatched: BTreeMap::new(),
             ebpf,
-            resolver,
+            workloads,
             rst_reasons,
             last_gc: Instant::now(),
             owners_expired: 0,
@@ -171,10 +157,15 @@ impl Collector {
         let mut snap = Snapshot::default();
         let Self {
             cache,
-            resolver,
+            workloads,
             rst_reasons,
             ..
         } = self;
+        workloads.next_collection();
+        let read_files = scope == Scope::Verdicts;
+        if read_files {
+            workloads.resolve_pending();
+        }
         snap.outcomes.reserve(cache.sizes[0]);
         let fold = |v: &[Counter]| {
             let sum = |f: fn(&Counter) -> u64| v.iter().map(f).sum::<u64>();
@@ -188,9 +179,12 @@ impl Collector {
             names::TARGETS,
             fold,
             |key: TargetKey, (count, last_ns, resets)| {
+                let Some(workload) = workloads.name(key.cgroup_id, read_files) else {
+                    return;
+                };
                 let outcome = Outcome {
                     cgroup_id: key.cgroup_id,
-                    workload: cache.workload(resolver.as_mut(), key.cgroup_id),
+                    workload,
                     comm: cache.interned.comm(&key.comm),
                     proto: labels::proto(key.proto),
                     dst_addr: labels::canonical_ip(key.daddr),
@@ -233,8 +227,11 @@ impl Collector {
             names::RESETS_RECEIVED,
             total,
             |key: ResetKey, count| {
+                let Some(workload) = workloads.name(key.cgroup_id, read_files) else {
+                    return;
+                };
                 snap.resets_received.push(ResetReceived {
-                    workload: cache.workload(resolver.as_mut(), key.cgroup_id),
+                    workload,
                     comm: cache.interned.comm(&key.comm),
                     dst_addr: labels::canonical_ip(key.daddr),
                     dst_port: key.dport,
@@ -249,8 +246,11 @@ impl Collector {
             names::RESETS_SENT,
             total,
             |key: ResetSentKey, count| {
+                let Some(workload) = workloads.name(key.cgroup_id, read_files) else {
+                    return;
+                };
                 snap.resets_sent.push(ResetSent {
-                    workload: cache.workload(resolver.as_mut(), key.cgroup_id),
+                    workload,
                     comm: cache.interned.comm(&key.comm),
                     reason: cache.reason(rst_reasons, key.reason),
                     count,
@@ -302,7 +302,7 @@ impl Collector {
         let Self {
             listen_events,
             cache,
-            resolver,
+            workloads,
             ..
         } = self;
         while let Some(item) = listen_events.next() {
@@ -311,7 +311,7 @@ impl Collector {
             }
             // SAFETY: the kernel wrote a whole `ListenEvent` (checked length); read unaligned.
             let raw: ListenEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let workload = cache.workload(resolver.as_mut(), raw.cgroup_id);
+            let workload = workloads.resolve(raw.cgroup_id);
             let comm = cache.interned.comm(&raw.comm);
             snap.listeners.extend(ListenerEvent::decode(&raw, workload, comm));
         }

@@ -13,7 +13,7 @@ use std::{
 use agent_core::collect::{
     listening::{Process, Seed, Seeded},
     sockdiag::{ListenError, Listening, RECV_BUF, parse_dump, request},
-    workload::from_cgroup_path,
+    workload::Workload,
 };
 
 /// The agent's own network namespace's listening addresses, sorted and deduplicated
@@ -91,8 +91,11 @@ fn in_namespace<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, S
     })
 }
 
+/// Names the workload of a cgroup path.
+pub type Namer<'a> = &'a mut dyn FnMut(&str) -> Workload;
+
 /// The process `pid` as `/proc` names it.
-fn process(pid: u32) -> Option<Process> {
+fn process(pid: u32, name: Namer) -> Option<Process> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     // The unified hierarchy's line, as the kernel's default-hierarchy cgroup id resolves.
@@ -100,12 +103,12 @@ fn process(pid: u32) -> Option<Process> {
     Some(Process {
         tgid: pid,
         comm: comm.trim_end().into(),
-        workload: from_cgroup_path(path).into(),
+        workload: name(path),
     })
 }
 
 /// The processes holding the sockets `inodes`, from one walk of every `/proc/<pid>/fd`.
-fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Process> {
+fn holders(inodes: &HashSet<u32>, name: Namer) -> HashMap<u32, Process> {
     let mut found = HashMap::new();
     for pid in pids() {
         if found.len() == inodes.len() {
@@ -122,7 +125,7 @@ fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Process> {
             let inode = text.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']'));
             if let Some(inode) = inode.and_then(|i| i.parse::<u32>().ok()).filter(|i| inodes.contains(i))
                 && !found.contains_key(&inode)
-                && let Some(p) = process(pid)
+                && let Some(p) = process(pid, name)
             {
                 found.insert(inode, p);
             }
@@ -134,8 +137,9 @@ fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Process> {
 /// Every network namespace's listeners as the agent starts, with the processes holding them:
 /// sock_diag in each (entered from a thread of its own), owners from `/proc/<pid>/fd`. Other
 /// namespaces need CAP_SYS_ADMIN, and reading every process's entries CAP_SYS_PTRACE or root:
-/// without them what cannot be read is left unknown, never guessed.
-pub fn seed() -> Seed {
+/// without them what cannot be read is left unknown, never guessed. `name` names their
+/// workloads.
+pub fn seed(name: Namer) -> Seed {
     let own = netns_inode(Path::new("/proc/self/ns/net")).unwrap_or(0);
     let mut entry: BTreeMap<u32, PathBuf> = BTreeMap::new();
     let mut complete = true;
@@ -157,7 +161,7 @@ pub fn seed() -> Seed {
         listed.insert(*ns, result);
     }
     let inodes: HashSet<u32> = listed.values().flatten().flatten().map(|l| l.inode).collect();
-    let owners = holders(&inodes);
+    let owners = holders(&inodes, name);
     let namespaces = listed
         .into_iter()
         .map(|(ns, result)| {
@@ -244,7 +248,7 @@ mod tests {
         // Our own fds are readable without privileges.
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
-        let seed = seed();
+        let seed = seed(&mut |path| agent_core::collect::workload::from_cgroup_path(path).into());
         let own = seed.namespaces[&seed.own].as_ref().expect("own namespace listed");
         let found = own.iter().find(|s| s.local == addr).expect("seeded");
         let owner = found.owner.as_ref().expect("its process");

@@ -7,3 +7,4 @@ pub mod clock;
 pub mod collector;
 pub mod listeners;
 pub mod watch;
+pub mod workloads;
