@@ -42,6 +42,11 @@ pub struct Owner {
     pub comm: [u8; COMM_LEN],
 }
 
+/// The errnos the programs produce themselves (the others come from the kernel's fields).
+pub mod errno {
+    pub const ECONNREFUSED: u16 = 111;
+}
+
 /// Bits of [`Owner::flags`].
 pub mod owner_flags {
     /// A RST arrived in SYN_SENT: counted with the connect's failure, in [`super::Counter`].
@@ -262,6 +267,15 @@ pub struct Offsets {
     pub sk_protocol: u32,
     pub sk_err: u32,
     pub skc_state: u32,
+    /// Where a connect's ICMP error is when `sk_err` no longer says it: `sock.sk_err_soft` (an
+    /// error that came while connect(2) held the socket) and the ICMP error queued on the socket
+    /// (`sk_error_queue.qlen`, `.prev` → `sk_buff.cb` as `sock_exterr_skb.ee`), which a
+    /// client's `SO_ERROR` does not clear; 0 where missing.
+    pub sk_err_soft: u32,
+    pub sk_error_queue_qlen: u32,
+    pub sk_error_queue_prev: u32,
+    pub skb_cb: u32,
+    pub exterr_skb_ee: u32,
     /// `tcp_sock.tcp_clock_cache`: `ktime_get_ns()` when TCP last looked at the clock for this
     /// socket (on the segment that ended the connect), so a TCP outcome's time costs no clock
     /// read; 0 where the field is missing.

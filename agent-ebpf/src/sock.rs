@@ -20,6 +20,11 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     sk_protocol: 0,
     sk_err: 0,
     skc_state: 0,
+    sk_err_soft: 0,
+    sk_error_queue_qlen: 0,
+    sk_error_queue_prev: 0,
+    skb_cb: 0,
+    exterr_skb_ee: 0,
     tcp_clock_cache: 0,
     sk_cgrp_data: 0,
     sock_cgroup_data_cgroup: 0,
@@ -273,6 +278,40 @@ pub fn is_tcp<M: Mem>(sk: *const u8) -> bool {
 #[inline(always)]
 pub fn state<M: Mem>(sk: *const u8) -> u8 {
     M::get::<u8>(sk, off!(skc_state)).unwrap_or(0)
+}
+
+/// `SO_EE_ORIGIN_ICMP`, `SO_EE_ORIGIN_ICMP6` (`linux/errqueue.h`).
+const EE_ORIGIN_ICMP: u8 = 2;
+const EE_ORIGIN_ICMP6: u8 = 3;
+
+/// The errno of an ICMP error for a connecting socket, 0 if none: the last error queued on
+/// the socket (TCP queues every ICMP error in SYN_SENT since 5.6, and `SO_ERROR` leaves the
+/// queue alone), else the soft error.
+#[inline(always)]
+pub fn icmp_error<M: Mem>(sk: *const u8) -> u16 {
+    let (qlen, prev, cb, ee) = (
+        off!(sk_error_queue_qlen),
+        off!(sk_error_queue_prev),
+        off!(skb_cb),
+        off!(exterr_skb_ee),
+    );
+    if qlen != 0
+        && prev != 0
+        && cb != 0
+        && ee != 0
+        && M::get::<u32>(sk, qlen).is_ok_and(|n| n != 0)
+        && let Ok(skb) = M::get::<*const u8>(sk, prev)
+        // `sock_extended_err` (UAPI): `ee_errno` (u32), then `ee_origin`. The control block is
+        // bytes to the verifier: a probe read.
+        && let Ok(e) = read::<u64>(skb, cb + ee)
+        && matches!((e >> 32) as u8, EE_ORIGIN_ICMP | EE_ORIGIN_ICMP6)
+    {
+        return e as u16;
+    }
+    match off!(sk_err_soft) {
+        0 => 0,
+        soft => M::get::<i32>(sk, soft).map_or(0, |e| e.max(0) as u16),
+    }
 }
 
 /// Time-wait and request sockets share `sock_common` but nothing after it.

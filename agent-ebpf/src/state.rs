@@ -3,7 +3,7 @@
 //! the failure count at SYN_SENT → CLOSE with `sk_err` set, which also covers clients that
 //! closed the socket before the RST arrived (no error report then); successes only to ports
 //! user space watches; listeners starting and stopping (`listen.rs`).
-use agent_common::{Owner, config, proto, tcp_state};
+use agent_common::{Owner, config, errno, owner_flags, proto, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -85,12 +85,28 @@ fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
 
 #[inline(always)]
 fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
+    if !sock::is_tcp::<M>(sk) {
+        return Ok(0);
+    }
     let err: i32 = M::get(sk, sock::off!(sk_err))?;
-    // SYN_SENT → CLOSE without an error is the application closing its own socket.
-    if err <= 0 || !sock::is_tcp::<M>(sk) {
+    let err = if err > 0 { err as u16 } else { lost_error::<M>(sk, o) };
+    // SYN_SENT → CLOSE with no error anywhere is the application closing its own socket.
+    if err == 0 {
         return Ok(0);
     }
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    count::connect_outcome(o, proto::TCP, daddr, dport, err as u16, sock::tcp_time::<M>(sk));
+    count::connect_outcome(o, proto::TCP, daddr, dport, err, sock::tcp_time::<M>(sk));
     Ok(0)
+}
+
+/// The connect's error where `sk_err` no longer holds it: a client woken by the error (poll,
+/// epoll: Python, Node, Go, Java) reads it with `SO_ERROR`, which clears it, and may do so
+/// before this state change is traced; or the error came while connect(2) held the socket and
+/// the kernel kept it as a soft one. The RST seen in SYN_SENT, else the ICMP error.
+#[inline(always)]
+fn lost_error<M: Mem>(sk: *const u8, o: &Owner) -> u16 {
+    if o.flags & owner_flags::RESET_IN_SYN_SENT != 0 {
+        return errno::ECONNREFUSED;
+    }
+    sock::icmp_error::<M>(sk)
 }

@@ -157,8 +157,19 @@ const REQUIRED: &[(&str, &str, u32, Slot)] = &[
     ("signal_struct", "group_exit_code", 4, |o| &mut o.signal_group_exit_code),
 ];
 
+const ICMP_CLOSED: &str = "ICMP errors of connects their clients closed first";
+
 /// Fields behind single features; a kernel without one loses only that feature.
 const OPTIONAL: &[(&str, &str, &str, Slot)] = &[
+    ("sock", "sk_err_soft", ICMP_CLOSED, |o| &mut o.sk_err_soft),
+    ("sock", "sk_error_queue.qlen", ICMP_CLOSED, |o| {
+        &mut o.sk_error_queue_qlen
+    }),
+    ("sock", "sk_error_queue.prev", ICMP_CLOSED, |o| {
+        &mut o.sk_error_queue_prev
+    }),
+    ("sk_buff", "cb", ICMP_CLOSED, |o| &mut o.skb_cb),
+    ("sock_exterr_skb", "ee", ICMP_CLOSED, |o| &mut o.exterr_skb_ee),
     (
         "tcp_sock",
         "tcp_clock_cache",
