@@ -386,6 +386,8 @@ pub mod config {
 pub mod names {
     pub const OWNERS: &str = "OWNERS";
     pub const TARGETS: &str = "TARGETS";
+    pub const TARGETS_FOLDED: &str = "TARGETS_FOLDED";
+    pub const RESETS_FOLDED: &str = "RESETS_FOLDED";
     pub const RESETS_RECEIVED: &str = "RESETS_RECEIVED";
     pub const RESETS_SENT: &str = "RESETS_SENT";
     pub const INBOUND: &str = "INBOUND";

@@ -9,7 +9,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{CONFIG, DROPS, EMIT_EVENTS, EVENTS, INBOUND, OVERFLOW, RESETS_RECEIVED, RESETS_SENT, TARGETS, WATCH},
+    maps::{
+        CONFIG, DROPS, EMIT_EVENTS, EVENTS, INBOUND, OVERFLOW, RESETS_FOLDED, RESETS_RECEIVED, RESETS_SENT, TARGETS,
+        TARGETS_FOLDED, WATCH,
+    },
     runtime::{copy_comm, counting, now, zero},
     sock::{self, Addr},
 };
@@ -61,32 +64,49 @@ fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
     }
 }
 
-/// Counts one connect outcome for `key` at `now`, `resets` (0 or 1) of them caused by a RST in
-/// SYN_SENT; failures that find the map full are still counted, in the overflow slots.
+/// Forgets a key's destination: past a full map, counts keep their process.
 #[inline(always)]
-fn count_target(key: &TargetKey, now: u64, resets: u64) {
+fn fold_destination(daddr: &mut [u8; 16], dport: &mut u16) {
+    // SAFETY: 16 bytes at an 8-aligned offset of every key (after `cgroup_id`); word stores,
+    // where `[0; 16]` would be a byte-wise memset.
+    unsafe { daddr.as_mut_ptr().cast::<[u64; 2]>().write_volatile([0, 0]) };
+    *dport = 0;
+}
+
+/// Counts one connect outcome for `key` at `now`, `resets` (0 or 1) of them caused by a RST in
+/// SYN_SENT. A failure that finds the map full is counted without its destination
+/// (`TARGETS_FOLDED`), and where that is full too, by protocol and errno alone (`OVERFLOW`).
+#[inline(always)]
+fn count_target(key: &mut TargetKey, now: u64, resets: u64) {
     let init = Counter {
         count: 1,
         last_ns: now,
         resets,
     };
-    if key.errno != 0 {
-        watch(key.dport);
-    }
-    if add(&TARGETS, key, init, |c| {
+    let update = |c: &mut Counter| {
         c.count += 1;
         c.last_ns = now;
         c.resets += resets;
-    }) {
+    };
+    if key.errno != 0 {
+        watch(key.dport);
+    }
+    if add(&TARGETS, key, init, update) {
         return;
     }
     drop(Drop::TargetMapFull);
-    if key.errno != 0 {
-        let slot = overflow::FAILURES
-            + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
-            + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
-        bump(&OVERFLOW, slot);
+    // Successes only tell verdicts a target came up: a folded one tells nothing.
+    if key.errno == 0 {
+        return;
     }
+    fold_destination(&mut key.daddr, &mut key.dport);
+    if add(&TARGETS_FOLDED, key, init, update) {
+        return;
+    }
+    let slot = overflow::FAILURES
+        + u32::from(key.proto == proto::UDP) * overflow::ERRNO_SLOTS
+        + u32::from(key.errno).min(overflow::ERRNO_SLOTS - 1);
+    bump(&OVERFLOW, slot);
     if resets != 0 {
         bump(&OVERFLOW, overflow::RESETS_RECEIVED + tcp_state::SYN_SENT as u32);
     }
@@ -151,13 +171,18 @@ pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16
     }
 }
 
+/// As [`count_target`]: past a full map the destination folds (`RESETS_FOLDED`), then the state
+/// alone (`OVERFLOW`).
 #[inline(always)]
-pub fn count_reset_received(key: &ResetKey) {
-    add_one(
-        &RESETS_RECEIVED,
-        key,
-        overflow::RESETS_RECEIVED + u32::from(key.state).min(15),
-    );
+pub fn count_reset_received(key: &mut ResetKey) {
+    if !counting() || add(&RESETS_RECEIVED, key, 1, |v| *v += 1) {
+        return;
+    }
+    drop(Drop::ResetMapFull);
+    fold_destination(&mut key.daddr, &mut key.dport);
+    if !add(&RESETS_FOLDED, key, 1, |v| *v += 1) {
+        bump(&OVERFLOW, overflow::RESETS_RECEIVED + u32::from(key.state).min(15));
+    }
 }
 
 #[inline(always)]

@@ -28,8 +28,17 @@ pub static WATCH: Array<u8> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
 #[map(name = "TARGETS")]
 pub static TARGETS: PerCpuHashMap<TargetKey, Counter> = PerCpuHashMap::with_max_entries(16384, 0);
 
+/// Failures (and their SYN_SENT resets) that found `TARGETS` full, destination zeroed: a port
+/// scan past the map's size stays attributed to its scanner. Full too: `OVERFLOW`.
+#[map(name = "TARGETS_FOLDED")]
+pub static TARGETS_FOLDED: PerCpuHashMap<TargetKey, Counter> = PerCpuHashMap::with_max_entries(4096, 0);
+
 #[map(name = "RESETS_RECEIVED")]
 pub static RESETS_RECEIVED: PerCpuHashMap<ResetKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Resets received that found `RESETS_RECEIVED` full, destination zeroed, as `TARGETS_FOLDED`.
+#[map(name = "RESETS_FOLDED")]
+pub static RESETS_FOLDED: PerCpuHashMap<ResetKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 #[map(name = "RESETS_SENT")]
 pub static RESETS_SENT: PerCpuHashMap<ResetSentKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);

@@ -5,6 +5,8 @@ use std::{
     sync::Arc,
 };
 
+pub const OTHER: &str = "other";
+
 use foldhash::HashMap;
 
 /// A resolved label value, shared: every series and target naming the same workload or comm

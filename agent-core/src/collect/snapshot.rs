@@ -47,12 +47,15 @@ pub struct Inbound {
     pub count: u64,
 }
 
-/// Counts the kernel could not key by their full label set (map full), by what it kept.
+/// Counts the kernel could not key by their full label set (map full), by what it kept: past
+/// a full target or reset map the destination folds and the process stays; past the folded
+/// maps too, `workload` and `comm` are `other`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overflow {
-    /// `(proto, errno) → count`.
-    pub failures: BTreeMap<(&'static str, Label), u64>,
-    pub resets_received: BTreeMap<&'static str, u64>,
+    /// `(workload, comm, proto, errno) → count`.
+    pub failures: BTreeMap<(Workload, Label, &'static str, Label), u64>,
+    /// `(workload, comm, state) → count`.
+    pub resets_received: BTreeMap<(Workload, Label, &'static str), u64>,
     pub resets_sent: BTreeMap<Label, u64>,
     pub inbound: u64,
 }

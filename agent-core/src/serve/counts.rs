@@ -4,11 +4,11 @@
 use std::hash::Hash;
 
 use crate::{
-    collect::{labels::Label, snapshot::Snapshot, workload::Workload},
+    collect::{labels::Label, snapshot::Snapshot},
     serve::{
         exposition::{Sample, Text},
         families::{self, Family},
-        series::{FailureSeries, OTHER, ReceivedSeries, SentSeries, SeriesCap, Table, Tally, inbound_labels},
+        series::{FailureSeries, ReceivedSeries, SentSeries, SeriesCap, Table, Tally, inbound_labels},
     },
 };
 
@@ -39,8 +39,6 @@ fn capped<S: Hash + Eq>(
 
 /// Writes the kernel-counted metrics of `snap`, folding label sets past the cap.
 pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
-    let other = Label::from(OTHER);
-    let anyone = Workload::from(OTHER);
     capped(
         out,
         &families::CONNECT_FAILURES,
@@ -62,10 +60,10 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
             };
             (s, f.count)
         }),
-        snap.overflow.failures.iter().map(|((proto, errno), n)| {
+        snap.overflow.failures.iter().map(|((workload, comm, proto, errno), n)| {
             let s = FailureSeries {
-                workload: anyone.clone(),
-                comm: other.clone(),
+                workload: workload.clone(),
+                comm: comm.clone(),
                 proto,
                 dst_addr: None,
                 dst_port: None,
@@ -94,10 +92,10 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
             };
             (s, r.count)
         }),
-        snap.overflow.resets_received.iter().map(|(state, n)| {
+        snap.overflow.resets_received.iter().map(|((workload, comm, state), n)| {
             let s = ReceivedSeries {
-                workload: anyone.clone(),
-                comm: other.clone(),
+                workload: workload.clone(),
+                comm: comm.clone(),
                 dst_addr: None,
                 dst_port: None,
                 state,

@@ -40,6 +40,7 @@ mod tests {
             labels::Label,
             listening::{Ending, ListenerEvent, Process, Seed},
             snapshot::{Inbound, Outcome, Outcome as Seen, Overflow, ResetReceived, ResetSent},
+            workload::Workload,
         },
         config::{AttachMode, Thresholds},
         kernel::hooks::HookReport,
@@ -179,7 +180,12 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         let snap = Snapshot {
             outcomes: (0..5).map(|i| failure(&format!("10.0.0.{i}"), 80, 10 + i)).collect(),
             overflow: Overflow {
-                failures: [(("tcp", Label::from("ECONNREFUSED")), 7)].into_iter().collect(),
+                failures: [(
+                    (Workload::from("other"), Label::from("other"), "tcp", Label::from("ECONNREFUSED")),
+                    7,
+                )]
+                .into_iter()
+                .collect(),
                 ..Default::default()
             },
             ..Default::default()

@@ -15,7 +15,7 @@ use crate::{
     },
 };
 
-pub const OTHER: &str = "other";
+pub use crate::collect::labels::OTHER;
 
 /// The series of one metric, as rows: the admitted label sets, and the `other` sets past the cap.
 #[derive(Debug)]

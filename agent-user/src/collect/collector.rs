@@ -10,9 +10,10 @@ use agent_common::{
     tcp_state,
 };
 use agent_core::collect::{
-    labels::{self, Interned, Label},
+    labels::{self, Interned, Label, OTHER},
     listening::ListenerEvent,
     snapshot::{Inbound, Outcome, Overflow, ResetReceived, ResetSent, Snapshot},
+    workload::Workload,
 };
 use aya::{
     Ebpf, Pod,
@@ -55,7 +56,9 @@ pub enum Scope {
 
 pub struct Collector {
     targets: PerCpuHashMap<MapData, TargetKey, Counter>,
+    targets_folded: PerCpuHashMap<MapData, TargetKey, Counter>,
     resets_received: PerCpuHashMap<MapData, ResetKey, u64>,
+    resets_folded: PerCpuHashMap<MapData, ResetKey, u64>,
     resets_sent: PerCpuHashMap<MapData, ResetSentKey, u64>,
     inbound: PerCpuHashMap<MapData, InboundKey, u64>,
     overflow: PerCpuArray<MapData, u64>,
@@ -125,7 +128,9 @@ impl Collector {
     pub fn new(mut ebpf: Ebpf, workloads: Workloads, rst_reasons: BTreeMap<u32, String>) -> Result<Self, CollectError> {
         Ok(Self {
             targets: take(&mut ebpf, names::TARGETS)?,
+            targets_folded: take(&mut ebpf, names::TARGETS_FOLDED)?,
             resets_received: take(&mut ebpf, names::RESETS_RECEIVED)?,
+            resets_folded: take(&mut ebpf, names::RESETS_FOLDED)?,
             resets_sent: take(&mut ebpf, names::RESETS_SENT)?,
             inbound: take(&mut ebpf, names::INBOUND)?,
             overflow: take(&mut ebpf, names::OVERFLOW)?,
@@ -342,14 +347,39 @@ impl Collector {
             .collect()
     }
 
+    /// What the kernel counted past full maps: destinations folded (the process kept), then
+    /// the overflow slots (by protocol and errno, state, reason).
     fn overflow(&mut self) -> Result<Overflow, CollectError> {
+        let mut o = Overflow::default();
+        let Self { cache, workloads, .. } = self;
+        // Unnamed cgroups wait for the next scrape, as in `collect`.
+        let sum = |v: &[Counter]| v.iter().fold((0, 0), |(n, r), c| (n + c.count, r + c.resets));
+        entries(&self.targets_folded, names::TARGETS_FOLDED, sum, |key: TargetKey, (count, resets)| {
+            let Some(workload) = workloads.cached(key.cgroup_id) else {
+                return;
+            };
+            let comm = cache.interned.comm(&key.comm);
+            if resets != 0 {
+                let state = labels::tcp_state(tcp_state::SYN_SENT as u8);
+                *o.resets_received.entry((workload.clone(), comm.clone(), state)).or_default() += resets;
+            }
+            let errno = cache.interned.errno(key.errno);
+            *o.failures.entry((workload, comm, labels::proto(key.proto), errno)).or_default() += count;
+        })?;
+        entries(&self.resets_folded, names::RESETS_FOLDED, total, |key: ResetKey, count| {
+            let Some(workload) = workloads.cached(key.cgroup_id) else {
+                return;
+            };
+            let state = labels::tcp_state(key.state);
+            *o.resets_received.entry((workload, cache.interned.comm(&key.comm), state)).or_default() += count;
+        })?;
         let mut slots = Vec::new();
         entries(&self.overflow, names::OVERFLOW, total, |slot: u32, n| {
             if n > 0 {
                 slots.push((slot, n));
             }
         })?;
-        let mut o = Overflow::default();
+        let (anyone, other) = (Workload::from(OTHER), Label::from(OTHER));
         for (slot, count) in slots {
             if slot < overflow::RESETS_RECEIVED {
                 let p = if slot >= overflow::ERRNO_SLOTS {
@@ -358,11 +388,10 @@ impl Collector {
                     proto::TCP
                 };
                 let errno = self.cache.interned.errno((slot % overflow::ERRNO_SLOTS) as u16);
-                *o.failures.entry((labels::proto(p), errno)).or_default() += count;
+                *o.failures.entry((anyone.clone(), other.clone(), labels::proto(p), errno)).or_default() += count;
             } else if slot < overflow::RESETS_SENT {
-                *o.resets_received
-                    .entry(labels::tcp_state((slot - overflow::RESETS_RECEIVED) as u8))
-                    .or_default() += count;
+                let state = labels::tcp_state((slot - overflow::RESETS_RECEIVED) as u8);
+                *o.resets_received.entry((anyone.clone(), other.clone(), state)).or_default() += count;
             } else if slot < overflow::INBOUND {
                 *o.resets_sent
                     .entry(self.cache.reason(&self.rst_reasons, slot - overflow::RESETS_SENT))

@@ -1,0 +1,219 @@
+//! What applications saw, call by call. Python and Node clients, as their applications connect
+//! (a socket timeout: non-blocking connect, poll, `SO_ERROR`; none: a blocking connect), into a
+//! network namespace that refuses with ICMP errors and RSTs, drops, and accepts: every connect
+//! a client saw fail is counted once, with the errno it saw.
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use testkit::{Daemon, Netns, metrics::FAILURES, privileged, value, which};
+
+const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
+const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+
+const HOST_UNREACHABLE: u16 = 7300;
+const ADMIN_PROHIBITED: u16 = 7301;
+const RESET: u16 = 7302;
+const DROPPED: u16 = 7303;
+const LISTENING: u16 = 7304;
+/// Refused by ICMP until the test lifts the rule; a retransmitted SYN then gets through.
+const LIFTED: u16 = 7305;
+
+/// The firewall: `reject` as firewalld and Kubernetes network policies do it. ICMP errors are
+/// not rate-limited in the namespace, so the first SYN's comes back while connect(2) still
+/// holds the socket: the case the kernel keeps as a soft error.
+fn firewall(ns: &Netns) {
+    ns.nft(&format!(
+        "table inet t {{\n chain input {{\n type filter hook input priority 0;\n \
+         tcp dport {HOST_UNREACHABLE} reject with icmpx type host-unreachable\n \
+         meta nfproto ipv4 tcp dport {ADMIN_PROHIBITED} reject with icmp type admin-prohibited\n \
+         meta nfproto ipv6 tcp dport {ADMIN_PROHIBITED} reject with icmpv6 type admin-prohibited\n \
+         tcp dport {RESET} reject with tcp reset\n \
+         tcp dport {DROPPED} drop\n }}\n}}\n\
+         table inet lifted {{\n chain input {{\n type filter hook input priority -1;\n \
+         tcp dport {LIFTED} reject with icmpx type host-unreachable\n }}\n}}\n"
+    ));
+    ns.exec("sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv6.icmp.ratelimit=0");
+}
+
+/// Listeners on both families inside the namespace, until dropped.
+struct Listeners(Child);
+
+impl Listeners {
+    fn start(ns: &Netns) -> Listeners {
+        let script = format!(
+            "import socket, time\nfor p in ({LISTENING}, {LIFTED}):\n    s = socket.create_server(('::', p), family=socket.AF_INET6, dualstack_ipv6=True, backlog=4096)\n    globals()[f's{{p}}'] = s\nprint('up', flush=True)\ntime.sleep(3600)\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 listener");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "up");
+        Listeners(child)
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every family, port and way of waiting once, then `extra` seeded random calls, shuffled.
+/// Node has no TCP_SYNCNT, so its calls to the dropping port always carry a timeout;
+/// Python's blocking ones give up after one retransmission (ETIMEDOUT from the kernel, in 3 s).
+fn plan(ns: &Netns, seed: u64, extra: usize, node: bool) -> Vec<Value> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let hosts = [ns.ns_ip(), ns.ns_ip6()];
+    let ports = [HOST_UNREACHABLE, ADMIN_PROHIBITED, RESET, DROPPED, LISTENING];
+    let timeouts = [None, Some(0.3), Some(2.0)];
+    let mut calls = Vec::new();
+    for host in &hosts {
+        for port in ports {
+            for timeout in timeouts {
+                calls.push((host.clone(), port, timeout));
+            }
+        }
+    }
+    for _ in 0..extra {
+        let call = (
+            hosts[rng.usize(..2)].clone(),
+            ports[rng.usize(..ports.len())],
+            timeouts[rng.usize(..3)],
+        );
+        calls.push(call);
+    }
+    rng.shuffle(&mut calls);
+    calls
+        .into_iter()
+        .map(|(host, port, mut timeout)| {
+            if node && port == DROPPED && timeout.is_none() {
+                timeout = Some(0.3);
+            }
+            json!({ "host": host, "port": port, "timeout": timeout, "syncnt": (port == DROPPED).then_some(1) })
+        })
+        .collect()
+}
+
+/// Runs `plan` through a client, returning what each call saw.
+fn run(client: &[&str], plan: &[Value]) -> std::thread::JoinHandle<Vec<String>> {
+    let mut child = Command::new(client[0])
+        .args(&client[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{client:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(plan).unwrap().as_bytes())
+        .unwrap();
+    let client = client.join(" ");
+    std::thread::spawn(move || {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{client}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{client}: {e}: {out:?}"))
+    })
+}
+
+/// The errno a call that saw `what` is counted with, if any: what the client got, and for
+/// a client that gave up first, the ICMP error the kernel already held for the connect (the
+/// errno the kernel itself would have returned at its own timeout).
+fn counted_as(call: &Value, what: &str) -> Option<&'static str> {
+    let v6 = call["host"].as_str().unwrap().contains(':');
+    match (what, call["port"].as_u64().unwrap() as u16) {
+        ("ok", _) | ("timeout", DROPPED) => None,
+        ("timeout", HOST_UNREACHABLE) => Some("EHOSTUNREACH"),
+        ("timeout", ADMIN_PROHIBITED) => Some(if v6 { "EACCES" } else { "EHOSTUNREACH" }),
+        (errno, _) => Some(["ECONNREFUSED", "EHOSTUNREACH", "EACCES", "ETIMEDOUT"]
+            .into_iter()
+            .find(|e| *e == errno)
+            .unwrap_or_else(|| panic!("{call}: unexpected {errno}"))),
+    }
+}
+
+#[test]
+fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
+    if !privileged("every_connect_a_client_saw_fail_is_counted_once_with_its_errno") {
+        return;
+    }
+    let node = which("node").expect("node (cargo xtask setup installs nodejs)");
+    let ns = Netns::new(31);
+    firewall(&ns);
+    let _listeners = Listeners::start(&ns);
+    let d = Daemon::start(BIN, &[]);
+
+    let python_plan = plan(&ns, 17, 50, false);
+    let node_plan = plan(&ns, 23, 50, true);
+    let py = run(&["python3", &format!("{CLIENTS}/connects.py")], &python_plan);
+    let js = run(&[node.to_str().unwrap(), &format!("{CLIENTS}/connects.js")], &node_plan);
+    let mut expected: BTreeMap<(String, u16, &str), f64> = BTreeMap::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (plan, saw) in [(&python_plan, py.join().unwrap()), (&node_plan, js.join().unwrap())] {
+        assert_eq!(saw.len(), plan.len());
+        for (call, what) in plan.iter().zip(&saw) {
+            *seen.entry(what.clone()).or_default() += 1;
+            if let Some(errno) = counted_as(call, what) {
+                let host = call["host"].as_str().unwrap().to_string();
+                *expected.entry((host, call["port"].as_u64().unwrap() as u16, errno)).or_default() += 1.0;
+            }
+        }
+    }
+    eprintln!("the clients saw {seen:?}");
+    // Each outcome happened: a mix that lost one would prove nothing about it.
+    for what in ["ok", "timeout", "ECONNREFUSED", "EHOSTUNREACH", "EACCES", "ETIMEDOUT"] {
+        assert!(seen.contains_key(what), "no call saw {what}: {seen:?}");
+    }
+
+    std::thread::sleep(Duration::from_millis(600));
+    let m = d.metrics();
+    let mut counted = BTreeMap::new();
+    for ((host, port, errno), _) in &expected {
+        let port = port.to_string();
+        let labels = [("dst_addr", host.as_str()), ("dst_port", &port), ("errno", errno)];
+        counted.insert((host.clone(), port.parse().unwrap(), *errno), value(&m, FAILURES, &labels));
+    }
+    assert_eq!(counted, expected);
+    // Nothing else: no other errno, no port that answered.
+    for host in [ns.ns_ip(), ns.ns_ip6()] {
+        assert_eq!(
+            value(&m, FAILURES, &[("dst_addr", &host)]),
+            expected.iter().filter(|((h, ..), _)| *h == host).map(|(_, n)| n).sum::<f64>(),
+            "{host}"
+        );
+    }
+}
+
+#[test]
+fn an_icmp_error_then_a_retransmission_that_gets_through_counts_nothing() {
+    if !privileged("an_icmp_error_then_a_retransmission_that_gets_through_counts_nothing") {
+        return;
+    }
+    let ns = Netns::new(32);
+    firewall(&ns);
+    let _listeners = Listeners::start(&ns);
+    let d = Daemon::start(BIN, &[]);
+    // Blocking connects: the first SYN's ICMP error is kept (a soft error, and queued on the
+    // socket); the rule is lifted before the retransmission a second later, which connects.
+    let calls: Vec<Value> = [ns.ns_ip(), ns.ns_ip6()]
+        .into_iter()
+        .map(|host| json!({ "host": host, "port": LIFTED, "timeout": null, "syncnt": null }))
+        .collect();
+    let clients: Vec<_> = calls.iter().map(|c| run(&["python3", &format!("{CLIENTS}/connects.py")], std::slice::from_ref(c))).collect();
+    std::thread::sleep(Duration::from_millis(400));
+    ns.exec("nft delete table inet lifted");
+    for c in clients {
+        assert_eq!(c.join().unwrap(), ["ok"]);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(value(&d.metrics(), FAILURES, &[("dst_port", &LIFTED.to_string())]), 0.0);
+}
