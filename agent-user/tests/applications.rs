@@ -134,10 +134,12 @@ fn counted_as(call: &Value, what: &str) -> Option<&'static str> {
         ("ok", _) | ("timeout", DROPPED) => None,
         ("timeout", HOST_UNREACHABLE) => Some("EHOSTUNREACH"),
         ("timeout", ADMIN_PROHIBITED) => Some(if v6 { "EACCES" } else { "EHOSTUNREACH" }),
-        (errno, _) => Some(["ECONNREFUSED", "EHOSTUNREACH", "EACCES", "ETIMEDOUT"]
-            .into_iter()
-            .find(|e| *e == errno)
-            .unwrap_or_else(|| panic!("{call}: unexpected {errno}"))),
+        (errno, _) => Some(
+            ["ECONNREFUSED", "EHOSTUNREACH", "EACCES", "ETIMEDOUT"]
+                .into_iter()
+                .find(|e| *e == errno)
+                .unwrap_or_else(|| panic!("{call}: unexpected {errno}")),
+        ),
     }
 }
 
@@ -164,7 +166,9 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
             *seen.entry(what.clone()).or_default() += 1;
             if let Some(errno) = counted_as(call, what) {
                 let host = call["host"].as_str().unwrap().to_string();
-                *expected.entry((host, call["port"].as_u64().unwrap() as u16, errno)).or_default() += 1.0;
+                *expected
+                    .entry((host, call["port"].as_u64().unwrap() as u16, errno))
+                    .or_default() += 1.0;
             }
         }
     }
@@ -180,14 +184,21 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
     for ((host, port, errno), _) in &expected {
         let port = port.to_string();
         let labels = [("dst_addr", host.as_str()), ("dst_port", &port), ("errno", errno)];
-        counted.insert((host.clone(), port.parse().unwrap(), *errno), value(&m, FAILURES, &labels));
+        counted.insert(
+            (host.clone(), port.parse().unwrap(), *errno),
+            value(&m, FAILURES, &labels),
+        );
     }
     assert_eq!(counted, expected);
     // Nothing else: no other errno, no port that answered.
     for host in [ns.ns_ip(), ns.ns_ip6()] {
         assert_eq!(
             value(&m, FAILURES, &[("dst_addr", &host)]),
-            expected.iter().filter(|((h, ..), _)| *h == host).map(|(_, n)| n).sum::<f64>(),
+            expected
+                .iter()
+                .filter(|((h, ..), _)| *h == host)
+                .map(|(_, n)| n)
+                .sum::<f64>(),
             "{host}"
         );
     }
@@ -208,7 +219,10 @@ fn an_icmp_error_then_a_retransmission_that_gets_through_counts_nothing() {
         .into_iter()
         .map(|host| json!({ "host": host, "port": LIFTED, "timeout": null, "syncnt": null }))
         .collect();
-    let clients: Vec<_> = calls.iter().map(|c| run(&["python3", &format!("{CLIENTS}/connects.py")], std::slice::from_ref(c))).collect();
+    let clients: Vec<_> = calls
+        .iter()
+        .map(|c| run(&["python3", &format!("{CLIENTS}/connects.py")], std::slice::from_ref(c)))
+        .collect();
     std::thread::sleep(Duration::from_millis(400));
     ns.exec("nft delete table inet lifted");
     for c in clients {

@@ -19,6 +19,7 @@ pub const EVENTS_DROPPED: &str = f::EVENTS_DROPPED.name;
 pub const SERIES_OVERFLOW: &str = f::SERIES_OVERFLOW.name;
 pub const BPF_RUN_SECONDS: &str = f::BPF_RUN_SECONDS.name;
 pub const BPF_RUNS: &str = f::BPF_RUNS.name;
+pub const COLLECTIONS_FAILED: &str = f::COLLECTIONS_FAILED.name;
 
 #[cfg(test)]
 mod tests {

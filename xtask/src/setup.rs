@@ -21,6 +21,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // an upstream's reset.
     ("python3", "python3"),
     ("node", "nodejs"),
+    // Faults injected into a running daemon's syscalls: a map read refused, a listener broken.
+    ("strace", "strace"),
     // The benchmarks: the client pinned to a CPU, and the profile of tracing code's share.
     ("taskset", "util-linux"),
     ("perf", "linux-perf"),

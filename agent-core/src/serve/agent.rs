@@ -16,13 +16,15 @@ pub struct AgentInfo {
     pub hooks: Vec<HookReport>,
 }
 
-/// What the agent gave up or refused beyond the kernel's drop points.
+/// What the agent gave up, refused or failed beyond the kernel's drop points.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UserDrops<'a> {
     /// Drop points of the analysis (`where`, count).
     pub analysis: &'a [(&'static str, u64)],
     /// The HTTP server's rejected connections.
     pub http_rejected: u64,
+    /// Collections of the kernel's maps that failed, for the tick and for scrapes.
+    pub collections_failed: [u64; 2],
 }
 
 /// Writes the `refusal_agent_*` metrics. Last in a scrape: the overflow counts include what the
@@ -75,6 +77,11 @@ pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, drops: User
 
     f::HTTP_REJECTED.open(out);
     out.sample(f::HTTP_REJECTED.name).count(drops.http_rejected);
+
+    f::COLLECTIONS_FAILED.open(out);
+    for (during, n) in ["tick", "scrape"].into_iter().zip(drops.collections_failed) {
+        out.sample(f::COLLECTIONS_FAILED.name).label("during", during).count(n);
+    }
 
     f::SERIES_OVERFLOW.open(out);
     let mut overflow: Vec<_> = series.overflow().collect();

@@ -60,17 +60,20 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
             };
             (s, f.count)
         }),
-        snap.overflow.failures.iter().map(|((workload, comm, proto, errno), n)| {
-            let s = FailureSeries {
-                workload: workload.clone(),
-                comm: comm.clone(),
-                proto,
-                dst_addr: None,
-                dst_port: None,
-                errno: errno.clone(),
-            };
-            (s, *n)
-        }),
+        snap.overflow
+            .failures
+            .iter()
+            .map(|((workload, comm, proto, errno), n)| {
+                let s = FailureSeries {
+                    workload: workload.clone(),
+                    comm: comm.clone(),
+                    proto,
+                    dst_addr: None,
+                    dst_port: None,
+                    errno: errno.clone(),
+                };
+                (s, *n)
+            }),
     );
     capped(
         out,
@@ -92,16 +95,19 @@ pub fn render(snap: &Snapshot, series: &mut SeriesCap, out: &mut Text) {
             };
             (s, r.count)
         }),
-        snap.overflow.resets_received.iter().map(|((workload, comm, state), n)| {
-            let s = ReceivedSeries {
-                workload: workload.clone(),
-                comm: comm.clone(),
-                dst_addr: None,
-                dst_port: None,
-                state,
-            };
-            (s, *n)
-        }),
+        snap.overflow
+            .resets_received
+            .iter()
+            .map(|((workload, comm, state), n)| {
+                let s = ReceivedSeries {
+                    workload: workload.clone(),
+                    comm: comm.clone(),
+                    dst_addr: None,
+                    dst_port: None,
+                    state,
+                };
+                (s, *n)
+            }),
     );
     let sent = |workload, comm, reason: &Label| SentSeries {
         workload,

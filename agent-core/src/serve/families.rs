@@ -200,6 +200,14 @@ pub const HTTP_REJECTED: Family = Family {
     cap: Cap::None,
 };
 
+pub const COLLECTIONS_FAILED: Family = Family {
+    name: "refusal_agent_collections_failed_total",
+    kind: Kind::Counter,
+    help: "Reads of the kernel's maps that failed, by what they were for (tick, scrape); a failed scrape answers 500 and /readyz is false until one succeeds.",
+    labels: &["during"],
+    cap: Cap::None,
+};
+
 pub const SERIES_OVERFLOW: Family = Family {
     name: "refusal_agent_series_overflow_total",
     kind: Kind::Counter,
@@ -225,6 +233,7 @@ pub const ALL: &[&Family] = &[
     &BPF_RUN_SECONDS,
     &BPF_RUNS,
     &HTTP_REJECTED,
+    &COLLECTIONS_FAILED,
     &SERIES_OVERFLOW,
 ];
 

@@ -17,14 +17,14 @@ pub fn scrape(
     analysis: &Analysis,
     series: &mut series::SeriesCap,
     info: &agent::AgentInfo,
-    http_rejected: u64,
+    drops: agent::UserDrops<'_>,
     out: &mut exposition::Text,
 ) {
     counts::render(snap, series, out);
     verdicts::render(analysis, series, out);
     let drops = agent::UserDrops {
         analysis: &analysis.drops(),
-        http_rejected,
+        ..drops
     };
     agent::render(snap, series, info, drops, out);
 }
@@ -181,7 +181,12 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
             outcomes: (0..5).map(|i| failure(&format!("10.0.0.{i}"), 80, 10 + i)).collect(),
             overflow: Overflow {
                 failures: [(
-                    (Workload::from("other"), Label::from("other"), "tcp", Label::from("ECONNREFUSED")),
+                    (
+                        Workload::from("other"),
+                        Label::from("other"),
+                        "tcp",
+                        Label::from("ECONNREFUSED"),
+                    ),
                     7,
                 )]
                 .into_iter()
@@ -417,7 +422,14 @@ refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
         a.update(&snap, Duration::from_secs(14));
         a.listed(Some(vec![]), Duration::from_secs(14));
         let mut out = Text::default();
-        scrape(&snap, &a, &mut SeriesCap::new(100), &info(), 0, &mut out);
+        scrape(
+            &snap,
+            &a,
+            &mut SeriesCap::new(100),
+            &info(),
+            Default::default(),
+            &mut out,
+        );
         let text = out.finish();
         let mut written = BTreeSet::new();
         for line in text.lines() {

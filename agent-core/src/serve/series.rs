@@ -7,6 +7,7 @@ use std::{hash::Hash, net::IpAddr};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+pub use crate::collect::labels::OTHER;
 use crate::{
     collect::{labels::Label, workload::Workload},
     serve::{
@@ -14,8 +15,6 @@ use crate::{
         families::{self, Cap, Family},
     },
 };
-
-pub use crate::collect::labels::OTHER;
 
 /// The series of one metric, as rows: the admitted label sets, and the `other` sets past the cap.
 #[derive(Debug)]

@@ -291,15 +291,16 @@ async fn serve(started: Started) -> Result<(), DaemonError> {
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = state.tick() {
-                    tracing::warn!(error = %e, "collection failed");
+                    tracing::warn!(error = %loader::error_chain(&e), "collection failed: not ready until one succeeds");
                 }
             }
             _ = term.recv() => break Ok("SIGTERM"),
             _ = int.recv() => break Ok("SIGINT"),
-            // The server never returns; if it panicked, exit rather than run blind.
+            // The server returns only when its socket failed; ended or panicked, exit rather
+            // than run blind: the supervisor restarts the daemon, which loses no counts.
             end = &mut http => break Err(DaemonError::Http(match end {
+                Ok(e) => format!("the listening socket failed: {e}"),
                 Err(e) => e.to_string(),
-                Ok(()) => "stopped".into(),
             })),
         }
     };

@@ -354,25 +354,41 @@ impl Collector {
         let Self { cache, workloads, .. } = self;
         // Unnamed cgroups wait for the next scrape, as in `collect`.
         let sum = |v: &[Counter]| v.iter().fold((0, 0), |(n, r), c| (n + c.count, r + c.resets));
-        entries(&self.targets_folded, names::TARGETS_FOLDED, sum, |key: TargetKey, (count, resets)| {
-            let Some(workload) = workloads.cached(key.cgroup_id) else {
-                return;
-            };
-            let comm = cache.interned.comm(&key.comm);
-            if resets != 0 {
-                let state = labels::tcp_state(tcp_state::SYN_SENT as u8);
-                *o.resets_received.entry((workload.clone(), comm.clone(), state)).or_default() += resets;
-            }
-            let errno = cache.interned.errno(key.errno);
-            *o.failures.entry((workload, comm, labels::proto(key.proto), errno)).or_default() += count;
-        })?;
-        entries(&self.resets_folded, names::RESETS_FOLDED, total, |key: ResetKey, count| {
-            let Some(workload) = workloads.cached(key.cgroup_id) else {
-                return;
-            };
-            let state = labels::tcp_state(key.state);
-            *o.resets_received.entry((workload, cache.interned.comm(&key.comm), state)).or_default() += count;
-        })?;
+        entries(
+            &self.targets_folded,
+            names::TARGETS_FOLDED,
+            sum,
+            |key: TargetKey, (count, resets)| {
+                let Some(workload) = workloads.cached(key.cgroup_id) else {
+                    return;
+                };
+                let comm = cache.interned.comm(&key.comm);
+                if resets != 0 {
+                    let state = labels::tcp_state(tcp_state::SYN_SENT as u8);
+                    *o.resets_received
+                        .entry((workload.clone(), comm.clone(), state))
+                        .or_default() += resets;
+                }
+                let errno = cache.interned.errno(key.errno);
+                *o.failures
+                    .entry((workload, comm, labels::proto(key.proto), errno))
+                    .or_default() += count;
+            },
+        )?;
+        entries(
+            &self.resets_folded,
+            names::RESETS_FOLDED,
+            total,
+            |key: ResetKey, count| {
+                let Some(workload) = workloads.cached(key.cgroup_id) else {
+                    return;
+                };
+                let state = labels::tcp_state(key.state);
+                *o.resets_received
+                    .entry((workload, cache.interned.comm(&key.comm), state))
+                    .or_default() += count;
+            },
+        )?;
         let mut slots = Vec::new();
         entries(&self.overflow, names::OVERFLOW, total, |slot: u32, n| {
             if n > 0 {
@@ -388,10 +404,14 @@ impl Collector {
                     proto::TCP
                 };
                 let errno = self.cache.interned.errno((slot % overflow::ERRNO_SLOTS) as u16);
-                *o.failures.entry((anyone.clone(), other.clone(), labels::proto(p), errno)).or_default() += count;
+                *o.failures
+                    .entry((anyone.clone(), other.clone(), labels::proto(p), errno))
+                    .or_default() += count;
             } else if slot < overflow::RESETS_SENT {
                 let state = labels::tcp_state((slot - overflow::RESETS_RECEIVED) as u8);
-                *o.resets_received.entry((anyone.clone(), other.clone(), state)).or_default() += count;
+                *o.resets_received
+                    .entry((anyone.clone(), other.clone(), state))
+                    .or_default() += count;
             } else if slot < overflow::INBOUND {
                 *o.resets_sent
                     .entry(self.cache.reason(&self.rst_reasons, slot - overflow::RESETS_SENT))

@@ -369,7 +369,8 @@ where
     prog.try_into().map_err(|e: ProgramError| e.to_string())
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its sources, each once: what a log line or a 500 answer should say.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

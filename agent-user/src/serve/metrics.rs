@@ -47,14 +47,12 @@ pub fn scrape(state: &State, http_rejected: u64) -> Result<Exposition, CollectEr
     buffer.reserve(last + last / 16);
     let mut out = Text::new(buffer);
     let mut series = state.series();
-    serve::scrape(
-        &snap,
-        &state.analysis(),
-        &mut series,
-        &state.info,
+    let drops = serve::agent::UserDrops {
         http_rejected,
-        &mut out,
-    );
+        collections_failed: state.failed(),
+        ..Default::default()
+    };
+    serve::scrape(&snap, &state.analysis(), &mut series, &state.info, drops, &mut out);
     let text = out.finish();
     LAST_SIZE.store(text.len(), Ordering::Relaxed);
     Ok(Exposition(text))

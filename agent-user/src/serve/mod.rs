@@ -10,6 +10,7 @@ use std::sync::Arc;
 use hyper::body::Bytes;
 
 use self::state::State;
+use crate::kernel::loader::error_chain;
 
 /// The endpoints over `state`; `stats` is the HTTP server's, whose counts `/metrics` reports.
 pub fn endpoints(state: &Arc<State>, stats: &Arc<http::Stats>) -> http::Endpoints {
@@ -20,7 +21,7 @@ pub fn endpoints(state: &Arc<State>, stats: &Arc<http::Stats>) -> http::Endpoint
         metrics: Arc::new(move || {
             metrics::scrape(&scraped, stats.rejected_connections())
                 .map(Bytes::from_owner)
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
         }),
         targets: Arc::new(move || Ok(api::targets_json(&targets).into())),
         ready: Arc::new(move || ready.is_ready()),

@@ -99,10 +99,16 @@ struct Server {
     bcrypts: Arc<Semaphore>,
 }
 
-/// Serves until the process ends. A web config that does not load ends the process with exit
+/// Serves until the process ends, or the listening socket itself fails (an error that no
+/// retry mends): the daemon then exits rather than count on unscraped. A web config that does not load ends the process with exit
 /// code 2 and a message naming the key (the daemon is expected to have checked it with
 /// `agent_core::config::web::load` before loading anything, so this only happens if the file changed since).
-pub async fn serve(listener: TcpListener, endpoints: Endpoints, stats: Arc<Stats>, web_config: Option<PathBuf>) {
+pub async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    stats: Arc<Stats>,
+    web_config: Option<PathBuf>,
+) -> io::Error {
     let mut web = match WebSource::new(web_config) {
         Ok(w) => w,
         Err(e) => {
@@ -131,6 +137,14 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints, stats: Arc<Stats
             Ok((stream, _)) => stream,
             // The peer gave up between its SYN and our accept: nothing to do.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR)) => continue,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
+                ) =>
+            {
+                return e;
+            }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: back off instead of spinning.
                 if accept_log.ready() {
