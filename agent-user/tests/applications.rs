@@ -181,7 +181,7 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
     std::thread::sleep(Duration::from_millis(600));
     let m = d.metrics();
     let mut counted = BTreeMap::new();
-    for ((host, port, errno), _) in &expected {
+    for (host, port, errno) in expected.keys() {
         let port = port.to_string();
         let labels = [("dst_addr", host.as_str()), ("dst_port", &port), ("errno", errno)];
         counted.insert(
