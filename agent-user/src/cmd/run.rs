@@ -207,6 +207,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
     let collector = Collector::new(loaded.ebpf, resolver, rst_reasons)?;
     let info = AgentInfo {
         version: env!("CARGO_PKG_VERSION"),
+        revision: env!("REFUSAL_AGENT_REVISION"),
         kernel: kernel::release(),
         hooks: loaded.hooks,
     };
