@@ -50,7 +50,9 @@ fn revision() {
             // live in the common directory: --git-path finds both).
             let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
             watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
-            for path in watched.iter().filter_map(|p| git(&["rev-parse", "--git-path", p])) {
+            // Only files that exist: cargo reruns a build script on every build for a missing one.
+            let paths = watched.iter().filter_map(|p| git(&["rev-parse", "--git-path", p]));
+            for path in paths.filter(|p| std::path::Path::new(p).exists()) {
                 println!("cargo:rerun-if-changed={path}");
             }
             r

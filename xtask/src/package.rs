@@ -17,6 +17,7 @@ const CONTENTS: &[(&str, &str)] = &[
     ("./etc/refusal-agent/refusal-agent.toml", "-rw-r--r--"),
     ("./usr/bin/refusal-agent", "-rwxr-xr-x"),
     ("./usr/lib/systemd/system/refusal-agent.service", "-rw-r--r--"),
+    ("./usr/lib/sysusers.d/refusal-agent.conf", "-rw-r--r--"),
     ("./usr/share/bash-completion/completions/refusal-agent", "-rw-r--r--"),
     ("./usr/share/doc/refusal-agent/README.md", "-rw-r--r--"),
     ("./usr/share/doc/refusal-agent/changelog.Debian.gz", "-rw-r--r--"),
@@ -44,6 +45,7 @@ const SCRIPTS: &[(&str, &[&str])] = &[
     (
         "postinst",
         &[
+            "systemd-sysusers ${DPKG_ROOT:+--root=\"$DPKG_ROOT\"} refusal-agent.conf",
             "deb-systemd-helper enable refusal-agent.service",
             "_dh_action=restart",
             "deb-systemd-invoke $_dh_action refusal-agent.service",
@@ -78,14 +80,16 @@ pub fn build(revision: Option<&str>) -> Result<PathBuf> {
         .arg("-c")
         .arg("gzip -9n \"$0\"/man/*.1")
         .arg(&docs))?;
+    // cargo-deb removes the package's other .debs from target/debian: copy one before building
+    // another.
     let out = target_dir().join("debian");
     let mut deb = Command::new(&cargo_deb);
-    deb.current_dir(root())
-        .args(["deb", "-p", "agent-user", "--no-build", "-o"])
-        .arg(&out);
     if let Some(r) = revision {
         deb.args(["--deb-revision", r]);
     }
+    deb.current_dir(root())
+        .args(["deb", "-p", "agent-user", "--no-build", "-o"])
+        .arg(&out);
     let built = deb.output().context("starting cargo-deb")?;
     if !built.status.success() {
         bail!("cargo-deb failed: {}", String::from_utf8_lossy(&built.stderr));
