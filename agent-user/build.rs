@@ -43,7 +43,10 @@ fn revision() {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    let revision = match (std::env::var("REFUSAL_AGENT_REVISION").ok(), git(&["rev-parse", "HEAD"])) {
+    let revision = match (
+        std::env::var("REFUSAL_AGENT_REVISION").ok(),
+        git(&["rev-parse", "HEAD"]),
+    ) {
         (Some(r), _) if !r.is_empty() => r,
         (_, Some(r)) => {
             // A new commit or checkout moves HEAD or the branch it names (in a worktree, refs

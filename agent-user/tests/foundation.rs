@@ -306,6 +306,10 @@ fn version_names_the_release_and_the_git_revision() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("refusal-agent {} (revision {})\n", env!("CARGO_PKG_VERSION"), git_head())
+        format!(
+            "refusal-agent {} (revision {})\n",
+            env!("CARGO_PKG_VERSION"),
+            git_head()
+        )
     );
 }

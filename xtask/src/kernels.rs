@@ -374,7 +374,8 @@ fn initramfs(image: &Path, bins: &Path, out: &Path) -> Result<()> {
 
 fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Child> {
     let traffic: String = TRAFFIC.iter().map(|(name, n)| format!(" ra.{name}={n}")).collect();
-    qemu(image, initrd, log, &format!("console=ttyS0 panic=-1 quiet ra.modes={}{traffic}", MODES.join(",")))
+    let append = format!("console=ttyS0 panic=-1 quiet ra.modes={}{traffic}", MODES.join(","));
+    qemu(image, initrd, log, &append)
 }
 
 /// A qemu guest (TCG, 2 GiB, one CPU) booting `image` from `initrd`, its console in `log`.

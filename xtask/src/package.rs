@@ -29,9 +29,18 @@ const CONTENTS: &[(&str, &str)] = &[
     ("./usr/share/man/man1/refusal-agent-status.1.gz", "-rw-r--r--"),
     ("./usr/share/man/man1/refusal-agent-trace.1.gz", "-rw-r--r--"),
     ("./usr/share/man/man1/refusal-agent.1.gz", "-rw-r--r--"),
-    ("./usr/share/refusal-agent/dashboards/provisioning/dashboards.yaml", "-rw-r--r--"),
-    ("./usr/share/refusal-agent/dashboards/provisioning/datasource.yaml", "-rw-r--r--"),
-    ("./usr/share/refusal-agent/dashboards/refusal-overview.json", "-rw-r--r--"),
+    (
+        "./usr/share/refusal-agent/dashboards/provisioning/dashboards.yaml",
+        "-rw-r--r--",
+    ),
+    (
+        "./usr/share/refusal-agent/dashboards/provisioning/datasource.yaml",
+        "-rw-r--r--",
+    ),
+    (
+        "./usr/share/refusal-agent/dashboards/refusal-overview.json",
+        "-rw-r--r--",
+    ),
     ("./usr/share/refusal-agent/dashboards/refusal-target.json", "-rw-r--r--"),
     ("./usr/share/refusal-agent/prometheus-scrape.yml", "-rw-r--r--"),
     ("./usr/share/refusal-agent/rules/refusal-alerts.yml", "-rw-r--r--"),
@@ -60,7 +69,10 @@ const SCRIPTS: &[(&str, &[&str])] = &[
     ),
     (
         "postrm",
-        &["deb-systemd-helper purge refusal-agent.service", "rm -rf /sys/fs/bpf/refusal-agent"],
+        &[
+            "deb-systemd-helper purge refusal-agent.service",
+            "rm -rf /sys/fs/bpf/refusal-agent",
+        ],
     ),
 ];
 
@@ -76,10 +88,7 @@ pub fn build(revision: Option<&str>) -> Result<PathBuf> {
         .args(["run", "-q", "-p", "agent-user", "--example", "docs", "--"])
         .arg(&docs))?;
     // Debian policy: man pages gzipped, reproducibly (no name or time in the header).
-    run(Command::new("sh")
-        .arg("-c")
-        .arg("gzip -9n \"$0\"/man/*.1")
-        .arg(&docs))?;
+    run(Command::new("sh").arg("-c").arg("gzip -9n \"$0\"/man/*.1").arg(&docs))?;
     // cargo-deb removes the package's other .debs from target/debian: copy one before building
     // another.
     let out = target_dir().join("debian");
@@ -123,7 +132,9 @@ fn check(deb: &Path) -> Result<()> {
     files.sort();
     let want: Vec<(String, String)> = CONTENTS.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
     if files != want {
-        bad.push(format!("dpkg-deb -c:\n{listing}\nexpected exactly (path, mode):\n{want:#?}"));
+        bad.push(format!(
+            "dpkg-deb -c:\n{listing}\nexpected exactly (path, mode):\n{want:#?}"
+        ));
     }
     if listing.lines().any(|l| l.split_whitespace().nth(1) != Some("0/0")) {
         bad.push(format!("files not owned by root (0/0):\n{listing}"));
@@ -156,7 +167,10 @@ fn lintian(deb: &Path, bad: &mut Vec<String>) -> Result<()> {
         .output()
         .context("starting lintian (cargo xtask setup --test-deps installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let tags: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
+    let tags: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))
+        .collect();
     if !tags.is_empty() {
         bad.push(format!("lintian:\n{}", tags.join("\n")));
     } else if !out.status.success() {

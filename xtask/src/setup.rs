@@ -110,7 +110,12 @@ pub fn cargo_deb() -> Result<std::path::PathBuf> {
     if !installed {
         eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION}");
         run(Command::new("cargo")
-            .args(["install", &format!("cargo-deb@{CARGO_DEB_VERSION}"), "--locked", "--root"])
+            .args([
+                "install",
+                &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+                "--locked",
+                "--root",
+            ])
             .arg(&tools))?;
     }
     Ok(bin)

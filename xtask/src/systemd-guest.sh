@@ -48,6 +48,8 @@ say install "$?"
 prefixed apt < /tmp/apt.log
 say enabled "$(systemctl is-enabled refusal-agent)"
 stamp installed
+# Installed means started, not yet attached: counting begins once it is ready.
+ready
 refuse install 100
 scrape install
 journal() { journalctl -u refusal-agent --no-pager -o short-monotonic | tail -n 60 | prefixed journal-log; }
