@@ -23,7 +23,7 @@ struct Cli {
 enum Cmd {
     /// Install what building needs (rust-src, bpf-linker) when missing. Idempotent.
     Setup {
-        /// Also install the Debian packages the tests use.
+        /// Also install the Debian packages the tests use, and cargo-deb.
         #[arg(long)]
         test_deps: bool,
     },
@@ -120,6 +120,7 @@ fn main() -> Result<()> {
             setup::toolchain()?;
             if test_deps {
                 setup::test_packages()?;
+                setup::cargo_deb()?;
             }
         }
         Cmd::Build => {
