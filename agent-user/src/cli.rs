@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "refusal-agent",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("REFUSAL_AGENT_REVISION"), ")"),
     about = "Why was that connection refused, and will it fix itself?"
 )]
 pub struct Cli {

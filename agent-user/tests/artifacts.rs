@@ -943,7 +943,7 @@ fn deploy_files_agree() {
         "LockPersonality",
         "MemoryDenyWriteExecute",
         "SystemCallArchitectures",
-        "DynamicUser",
+        "User",
     ] {
         assert_eq!(directive(d).len(), 1, "deploy/refusal-agent.service: {d}= set once");
     }

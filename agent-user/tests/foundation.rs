@@ -114,7 +114,11 @@ fn endpoints_and_self_metrics() {
         value(
             &m,
             BUILD_INFO,
-            &[("kernel", kernel.trim()), ("version", env!("CARGO_PKG_VERSION"))]
+            &[
+                ("kernel", kernel.trim()),
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", &git_head()),
+            ]
         ),
         1.0
     );
@@ -284,5 +288,30 @@ fn sigterm_exits_0_within_2s_and_leaves_no_program_behind() {
         programs_gone(&ours),
         "programs left loaded: {:?}",
         ours.intersection(&loaded_programs()).collect::<Vec<_>>()
+    );
+}
+
+/// The revision the build script stamps: the checkout's HEAD (tests run from a git checkout).
+fn git_head() -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git rev-parse HEAD failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn version_names_the_release_and_the_git_revision() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "refusal-agent {} (revision {})\n",
+            env!("CARGO_PKG_VERSION"),
+            git_head()
+        )
     );
 }

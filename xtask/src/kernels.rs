@@ -30,8 +30,8 @@ use testkit::{
 use crate::{root, run, target_dir};
 
 /// A Debian kernel series the matrix boots.
-struct Kernel {
-    series: &'static str,
+pub(crate) struct Kernel {
+    pub(crate) series: &'static str,
     /// The package that depends on the series' current image. The cloud flavour: a third of the
     /// generic one's size, with the same BPF, kprobe and BTF configuration.
     meta: &'static str,
@@ -53,7 +53,7 @@ struct Kernel {
     oom_btf: &'static str,
 }
 
-const KERNELS: &[Kernel] = &[
+pub(crate) const KERNELS: &[Kernel] = &[
     Kernel {
         series: "5.10",
         meta: "linux-image-cloud-amd64",
@@ -284,7 +284,7 @@ pub fn matrix(opts: &Opts) -> Result<()> {
 }
 
 /// The kernel image of `k`'s current Debian package, downloaded and unpacked once.
-fn fetch(k: &Kernel, dir: &Path) -> Result<PathBuf> {
+pub(crate) fn fetch(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     let apt = apt_options(k, dir)?;
     let package = match image_package(k.meta, &apt) {
         Ok(p) => p,
@@ -462,6 +462,11 @@ fn initramfs(image: &Path, bins: &Path, out: &Path) -> Result<()> {
 fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Child> {
     let traffic: String = TRAFFIC.iter().map(|(name, n)| format!(" ra.{name}={n}")).collect();
     let append = format!("console=ttyS0 panic=-1 quiet ra.modes={}{traffic}", MODES.join(","));
+    qemu(image, initrd, log, &append)
+}
+
+/// A qemu guest (TCG, 2 GiB, one CPU) booting `image` from `initrd`, its console in `log`.
+pub(crate) fn qemu(image: &Path, initrd: &Path, log: &Path, append: &str) -> Result<Child> {
     Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "1"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -471,14 +476,14 @@ fn boot(image: &Path, initrd: &Path, log: &Path) -> Result<Child> {
         .arg(image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", &append])
+        .args(["-append", append])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .context("starting qemu-system-x86_64")
 }
 
-fn wait(mut child: Child, since: Instant, log: &Path) -> Result<()> {
+pub(crate) fn wait(mut child: Child, since: Instant, log: &Path) -> Result<()> {
     loop {
         if let Some(status) = child.try_wait()? {
             if !status.success() {

@@ -1,9 +1,12 @@
-//! Project automation: `cargo xtask setup | build | run | test | test-kernels`.
+//! Project automation: `cargo xtask setup | build | package | run | test | test-kernels |
+//! test-systemd`.
 mod bench;
 mod fuzz;
 mod kernels;
+mod package;
 mod setup;
 mod stages;
+mod systemd_guest;
 
 use std::{path::PathBuf, process::Command};
 
@@ -20,12 +23,24 @@ struct Cli {
 enum Cmd {
     /// Install what building needs (rust-src, bpf-linker) when missing. Idempotent.
     Setup {
-        /// Also install the Debian packages the tests use.
+        /// Also install the Debian packages the tests use, and cargo-deb.
         #[arg(long)]
         test_deps: bool,
     },
     /// Build the daemon (release) with its embedded kernel object.
     Build,
+    /// Build the Debian package (target/debian/refusal-agent_*.deb) and check its contents and
+    /// lintian's verdict.
+    Package {
+        /// Debian revision (the part after the version's `-`), for a newer package of the same
+        /// version.
+        #[arg(long)]
+        revision: Option<String>,
+    },
+    /// Boot Debian guests with systemd as PID 1 (6.1 and 6.12 kernels), install the package and
+    /// check the service: ready, counting, capabilities, restarts, journal, upgrade, removal
+    /// (part of `test`).
+    TestSystemd,
     /// Build and start the daemon as root; arguments go to `refusal-agent run`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -105,11 +120,23 @@ fn main() -> Result<()> {
             setup::toolchain()?;
             if test_deps {
                 setup::test_packages()?;
+                setup::cargo_deb()?;
             }
         }
         Cmd::Build => {
             setup::toolchain()?;
             run(cargo().args(["build", "--release", "-p", "agent-user"]))?;
+        }
+        Cmd::Package { revision } => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            let deb = package::build(revision.as_deref())?;
+            println!("{}", deb.display());
+        }
+        Cmd::TestSystemd => {
+            setup::toolchain()?;
+            setup::test_packages()?;
+            systemd_guest::test()?;
         }
         Cmd::Run { args } => {
             setup::toolchain()?;
@@ -186,6 +213,7 @@ fn main() -> Result<()> {
                 })?;
                 fuzz::smoke()?;
                 kernels::matrix(&kernels::Opts { bless: false })?;
+                systemd_guest::test()?;
             }
         }
     }

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{root, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages the tests drive: real clients, namespaces, firewall rules.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
@@ -30,6 +31,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
     ("cpio", "cpio"),
+    // `package` and the systemd guest: lintian judges the .deb, mmdebstrap builds the guest's
+    // root from Debian's packages.
+    ("lintian", "lintian"),
+    ("mmdebstrap", "mmdebstrap"),
 ];
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -94,6 +99,28 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
     // The nested eBPF build must relink with the new linker.
     let _ = filetime_touch(&root().join("agent-ebpf/src/main.rs"));
     Ok(())
+}
+
+/// cargo-deb (`cargo xtask package`), under `.tools/bin` like bpf-linker.
+pub fn cargo_deb() -> Result<std::path::PathBuf> {
+    let tools = root().join(".tools");
+    let bin = tools.join("bin/cargo-deb");
+    let installed = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION));
+    if !installed {
+        eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION}");
+        run(Command::new("cargo")
+            .args([
+                "install",
+                &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+                "--locked",
+                "--root",
+            ])
+            .arg(&tools))?;
+    }
+    Ok(bin)
 }
 
 fn filetime_touch(path: &Path) -> std::io::Result<()> {

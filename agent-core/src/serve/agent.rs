@@ -12,6 +12,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AgentInfo {
     pub version: &'static str,
+    /// The git commit it was built from (`unknown` outside a checkout).
+    pub revision: &'static str,
     pub kernel: String,
     pub hooks: Vec<HookReport>,
 }
@@ -33,6 +35,7 @@ pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, drops: User
     f::BUILD_INFO.open(out);
     out.sample(f::BUILD_INFO.name)
         .label("version", info.version)
+        .label("revision", info.revision)
         .label("kernel", &info.kernel)
         .value(1.0);
 

@@ -155,8 +155,8 @@ pub const LISTENER_LOST: Family = Family {
 pub const BUILD_INFO: Family = Family {
     name: "refusal_agent_build_info",
     kind: Kind::Gauge,
-    help: "Agent version and the kernel it runs on.",
-    labels: &["version", "kernel"],
+    help: "Agent version, the git revision it was built from, and the kernel it runs on.",
+    labels: &["version", "revision", "kernel"],
     cap: Cap::None,
 };
 

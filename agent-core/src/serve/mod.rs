@@ -63,6 +63,7 @@ mod tests {
     fn info() -> AgentInfo {
         AgentInfo {
             version: "0.1.0",
+            revision: "1b92d99",
             kernel: "6.18.0".into(),
             hooks: vec![
                 HookReport {
@@ -152,9 +153,9 @@ refusal_resets_sent_total{workload="service:srv.service",namespace="",pod="",con
 # TYPE refusal_inbound_refused_total counter
 refusal_inbound_refused_total{local_addr="10.0.0.1",local_port="8080"} 9
 refusal_inbound_refused_total{local_addr="other",local_port="other"} 5
-# HELP refusal_agent_build_info Agent version and the kernel it runs on.
+# HELP refusal_agent_build_info Agent version, the git revision it was built from, and the kernel it runs on.
 # TYPE refusal_agent_build_info gauge
-refusal_agent_build_info{version="0.1.0",kernel="6.18.0"} 1
+refusal_agent_build_info{version="0.1.0",revision="1b92d99",kernel="6.18.0"} 1
 "#;
         let text = text(&snap, &mut SeriesCap::new(10));
         assert!(text.starts_with(expected), "{text}");

@@ -223,6 +223,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
     drop((kernel.btf, kernel.ours));
     let info = AgentInfo {
         version: env!("CARGO_PKG_VERSION"),
+        revision: env!("REFUSAL_AGENT_REVISION"),
         kernel: kernel::release(),
         hooks: loaded.hooks,
     };
