@@ -539,13 +539,19 @@ impl Run {
     }
 }
 
+/// The `@@ TAG REST` lines a guest printed on its console, as `(TAG, REST)`. The firmware's
+/// escape sequences may precede the first one on its line.
+pub(crate) fn console_lines(console: &str) -> impl Iterator<Item = (&str, &str)> {
+    console.lines().filter_map(|l| {
+        let line = l[l.find("@@ ")? + 3..].trim_end_matches('\r');
+        Some(line.split_once(' ').unwrap_or((line, "")))
+    })
+}
+
 impl Guest {
     fn parse(console: &str) -> Guest {
         let mut g = Guest::default();
-        // The firmware's escape sequences may precede the first line on the same line.
-        for line in console.lines().filter_map(|l| l.find("@@ ").map(|i| &l[i + 3..])) {
-            let line = line.trim_end_matches('\r');
-            let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        for (tag, rest) in console_lines(console) {
             let code = || rest.trim().parse().ok();
             match (tag, g.runs.last_mut()) {
                 ("kernel", _) => g.release = rest.to_string(),

@@ -251,9 +251,7 @@ const PHASED: [&str; 8] = ["ready", "pid", "metrics", "client", "bpf", "prog", "
 impl Guest {
     fn parse(console: &str) -> Guest {
         let mut g = Guest::default();
-        for line in console.lines().filter_map(|l| l.find("@@ ").map(|i| &l[i + 3..])) {
-            let line = line.trim_end_matches('\r');
-            let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        for (tag, rest) in kernels::console_lines(console) {
             let (key, rest) = if PHASED.contains(&tag) || tag == "time" || tag == "active" || tag == "dpkg" {
                 let (phase, rest) = rest.split_once(' ').unwrap_or((rest, ""));
                 (format!("{tag} {phase}"), rest)
