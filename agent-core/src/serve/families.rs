@@ -32,21 +32,19 @@ impl Family {
     }
 }
 
+/// A family's labels after the workload's four (`workload`, `namespace`, `pod`, `container`),
+/// which every family with a workload has.
+macro_rules! workload_labels {
+    ($($label:literal),*) => {
+        &["workload", "namespace", "pod", "container", $($label),*]
+    };
+}
+
 pub const CONNECT_FAILURES: Family = Family {
     name: "refusal_connect_failures_total",
     kind: Kind::Counter,
     help: "Outgoing connects that failed, by target and errno (counted in the kernel).",
-    labels: &[
-        "workload",
-        "namespace",
-        "pod",
-        "container",
-        "comm",
-        "proto",
-        "dst_addr",
-        "dst_port",
-        "errno",
-    ],
+    labels: workload_labels!("comm", "proto", "dst_addr", "dst_port", "errno"),
     cap: Cap::Always,
 };
 
@@ -54,16 +52,7 @@ pub const RESETS_RECEIVED: Family = Family {
     name: "refusal_resets_received_total",
     kind: Kind::Counter,
     help: "RSTs received, by remote end and the TCP state the RST hit.",
-    labels: &[
-        "workload",
-        "namespace",
-        "pod",
-        "container",
-        "comm",
-        "dst_addr",
-        "dst_port",
-        "state",
-    ],
+    labels: workload_labels!("comm", "dst_addr", "dst_port", "state"),
     cap: Cap::Always,
 };
 
@@ -71,7 +60,7 @@ pub const RESETS_SENT: Family = Family {
     name: "refusal_resets_sent_total",
     kind: Kind::Counter,
     help: "RSTs this host's sockets sent, by sk_rst_reason.",
-    labels: &["workload", "namespace", "pod", "container", "comm", "reason"],
+    labels: workload_labels!("comm", "reason"),
     cap: Cap::Always,
 };
 
@@ -96,16 +85,7 @@ pub const TARGET_STATE: Family = Family {
     name: "refusal_target_state",
     kind: Kind::Gauge,
     help: "1 for the state each target with refusals is in (refusing, persistent, flapping).",
-    labels: &[
-        "workload",
-        "namespace",
-        "pod",
-        "container",
-        "comm",
-        "dst_addr",
-        "dst_port",
-        "state",
-    ],
+    labels: workload_labels!("comm", "dst_addr", "dst_port", "state"),
     cap: Cap::OnceFolded,
 };
 
@@ -113,16 +93,7 @@ pub const EPISODES: Family = Family {
     name: "refusal_episodes_total",
     kind: Kind::Counter,
     help: "Refusal episodes that ended, by outcome: cold_start (came up in time) or recovered (after persistent).",
-    labels: &[
-        "workload",
-        "namespace",
-        "pod",
-        "container",
-        "comm",
-        "dst_addr",
-        "dst_port",
-        "outcome",
-    ],
+    labels: workload_labels!("comm", "dst_addr", "dst_port", "outcome"),
     cap: Cap::OnceFolded,
 };
 
@@ -130,7 +101,7 @@ pub const COLD_START_DURATION: Family = Family {
     name: "refusal_cold_start_duration_seconds",
     kind: Kind::Histogram,
     help: "Time from an episode's first refusal to the first successful connect, for cold starts.",
-    labels: &["workload", "namespace", "pod", "container", "dst_port"],
+    labels: workload_labels!("dst_port"),
     // One per workload and port that ever cold-started: bounded by the targets.
     cap: Cap::None,
 };
@@ -139,16 +110,7 @@ pub const LISTENER_LOST: Family = Family {
     name: "refusal_listener_lost_total",
     kind: Kind::Counter,
     help: "Listeners that went away, by cause (exited, killed, oom_killed, closed), and whether their process died within a second of a connection reset.",
-    labels: &[
-        "workload",
-        "namespace",
-        "pod",
-        "container",
-        "comm",
-        "local_port",
-        "cause",
-        "after_reset",
-    ],
+    labels: workload_labels!("comm", "local_port", "cause", "after_reset"),
     cap: Cap::OnceFolded,
 };
 
