@@ -213,7 +213,12 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
             value(&m, FAILURES, &labels),
         );
     }
-    assert_eq!(counted, expected);
+    // A run the kernel skipped (an event nested in a run on the same CPU) would explain a miss.
+    let skipped: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("refusal_agent_bpf_recursion_misses_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(counted, expected, "runs the kernel skipped: {skipped:?}");
     // The kernel's own counters, where it counts. A connect it times out itself is
     // TcpExtTCPAbortOnTimeout: exactly the agent's ETIMEDOUT. TcpAttemptFails counts the
     // connects the kernel failed (tcp_done in SYN_SENT): every RST and timeout, and the ICMP

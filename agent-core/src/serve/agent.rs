@@ -78,6 +78,15 @@ pub fn render(snap: &Snapshot, series: &SeriesCap, info: &AgentInfo, drops: User
         out.sample(f::BPF_RUNS.name).label("program", program).count(*runs);
     }
 
+    let mut misses = snap.recursion_misses.clone();
+    misses.sort();
+    f::BPF_RECURSION_MISSES.open(out);
+    for (program, n) in &misses {
+        out.sample(f::BPF_RECURSION_MISSES.name)
+            .label("program", program)
+            .count(*n);
+    }
+
     f::HTTP_REJECTED.open(out);
     out.sample(f::HTTP_REJECTED.name).count(drops.http_rejected);
 

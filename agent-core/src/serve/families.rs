@@ -154,6 +154,14 @@ pub const BPF_RUNS: Family = Family {
     cap: Cap::None,
 };
 
+pub const BPF_RECURSION_MISSES: Family = Family {
+    name: "refusal_agent_bpf_recursion_misses_total",
+    kind: Kind::Counter,
+    help: "Runs of each of the agent's programs the kernel skipped: the program was already running on that CPU (an interrupt during a run), so the nested event went unseen.",
+    labels: &["program"],
+    cap: Cap::None,
+};
+
 pub const HTTP_REJECTED: Family = Family {
     name: "refusal_agent_http_rejected_connections_total",
     kind: Kind::Counter,
@@ -194,6 +202,7 @@ pub const ALL: &[&Family] = &[
     &EVENTS_DROPPED,
     &BPF_RUN_SECONDS,
     &BPF_RUNS,
+    &BPF_RECURSION_MISSES,
     &HTTP_REJECTED,
     &COLLECTIONS_FAILED,
     &SERIES_OVERFLOW,
