@@ -24,7 +24,7 @@ pub const NOBODY: Owner = Owner {
     cgroup_id: 0,
     start_ns: 0,
     tgid: 0,
-    flags: 0,
+    _pad: 0,
     comm: [0; COMM_LEN],
 };
 
@@ -63,7 +63,7 @@ fn slot(sk: *const u8) -> Option<&'static mut Slot> {
 #[inline(always)]
 fn fill_current(o: &mut Owner, start_ns: u64) {
     o.start_ns = start_ns;
-    o.flags = 0;
+    o._pad = 0;
     let words = o.comm.as_mut_ptr().cast::<[u64; 2]>();
     let (comm, tgid, cgroups, dfl_cgrp) = (
         sock::off!(task_comm),
@@ -137,34 +137,28 @@ pub fn record_from_state(sk: *const u8) {
 /// The recorded owner, in place (no copy: an `Owner` copied by value goes a byte at a time).
 #[inline(always)]
 pub fn get(sk: *const u8) -> Option<&'static Owner> {
-    get_mut(sk).map(|o| &*o)
-}
-
-/// As [`get`], to set its `flags`.
-#[inline(always)]
-pub fn get_mut(sk: *const u8) -> Option<&'static mut Owner> {
     if let Some(s) = slot(sk)
         && s.sk == sk as u64
     {
-        return Some(&mut s.owner);
+        return Some(&s.owner);
     }
-    // SAFETY: a delete racing with the access (user space expiring the entry) can only make
-    // the values stale or the write moot.
-    OWNERS.get_ptr_mut(sk as u64).map(|o| unsafe { &mut *o })
+    // SAFETY: a delete racing with the read (user space expiring the entry) can only make
+    // the values stale.
+    unsafe { OWNERS.get(sk as u64) }
 }
 
-/// The socket closes: `last` sees its owner ([`NOBODY`] if none was recorded) one last time,
+/// The socket closes: `last` sees its owner (`None` if none was recorded) one last time,
 /// then the owner is dropped. One lookup serves both. Most sockets that close never had an
 /// owner (accepted ones), and a hash lookup that misses takes no lock.
 #[inline(always)]
-pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
+pub fn close<R>(sk: *const u8, last: impl FnOnce(Option<&Owner>) -> R) -> R {
     // Forgetting is not idempotent: an idle copy running first would hide the owner from the
     // counting one.
     let forget = runtime::counting();
     if let Some(s) = slot(sk)
         && s.sk == sk as u64
     {
-        let r = last(&s.owner);
+        let r = last(Some(&s.owner));
         if forget {
             s.sk = 0;
         }
@@ -173,9 +167,9 @@ pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
     // SAFETY: a delete racing with the read (user space expiring the entry) can only make
     // the values stale.
     let Some(o) = (unsafe { OWNERS.get(sk as u64) }) else {
-        return last(&NOBODY);
+        return last(None);
     };
-    let r = last(o);
+    let r = last(Some(o));
     if forget {
         let _ = OWNERS.remove(sk as u64);
     }
@@ -188,9 +182,15 @@ pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
 /// an `Owner` returned by value is copied a byte at a time.
 #[inline(always)]
 pub fn of_socket<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUninit<Owner>) -> &Owner {
-    if let Some(o) = get(sk) {
-        return o;
+    match get(sk) {
+        Some(o) => o,
+        None => unrecorded::<M>(sk, current_ok, scratch),
     }
+}
+
+/// [`of_socket`] where no owner was recorded.
+#[inline(always)]
+pub fn unrecorded<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUninit<Owner>) -> &Owner {
     let cgroup_id = sock::cgroup_id::<M>(sk);
     if current_ok {
         let cur = current(scratch);
