@@ -28,12 +28,29 @@ pub const NOBODY: Owner = Owner {
     comm: [0; COMM_LEN],
 };
 
-/// A slot of [`SLOTS`]: the socket it holds (0: free) and its owner.
+/// A slot of [`SLOTS`]: the socket it holds (0: free), [`SPILLED`] or'd in, and its owner.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Slot {
     sk: u64,
     owner: Owner,
+}
+
+/// Set in a slot's `sk` (socket addresses are aligned, bit 0 is free) once a socket whose slot
+/// it is went to `OWNERS`, and kept: only the sockets of such a slot can have an owner there,
+/// so every other close (accepted sockets, which never had one) costs no hash lookup.
+const SPILLED: u64 = 1;
+
+impl Slot {
+    #[inline(always)]
+    fn holds(&self, addr: u64) -> bool {
+        self.sk & !SPILLED == addr
+    }
+
+    #[inline(always)]
+    fn spilled(&self) -> bool {
+        self.sk & SPILLED != 0
+    }
 }
 
 const SLOT_BITS: u32 = 15;
@@ -50,13 +67,16 @@ static SLOTS: Array<Slot> = Array::with_max_entries(1 << SLOT_BITS, 0);
 /// space gives `OWNERS` entries as long).
 const SLOT_MAX_AGE_NS: u64 = 6 * 3600 * 1_000_000_000;
 
+/// The slot of `sk`, with `sk`'s address as a number: the verifier refuses the masks of
+/// [`SPILLED`] on a BTF pointer.
 #[inline(always)]
-fn slot(sk: *const u8) -> Option<&'static mut Slot> {
+fn slot(sk: *const u8) -> Option<(&'static mut Slot, u64)> {
+    let addr = runtime::address(sk);
     // Fibonacci hashing: sockets are slab objects a fixed stride apart.
-    let i = (runtime::address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
+    let i = (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
     // SAFETY: a slot of an array map; concurrent writers are sockets of the same slot at the
     // same instant, which at worst lose one owner (counted without its process).
-    SLOTS.get_ptr_mut(i).map(|s| unsafe { &mut *s })
+    SLOTS.get_ptr_mut(i).map(|s| (unsafe { &mut *s }, addr))
 }
 
 /// Writes the current task into `o`, every byte.
@@ -112,10 +132,11 @@ pub fn current(o: &mut MaybeUninit<Owner>) -> &mut Owner {
 #[inline(always)]
 pub fn record(sk: *const u8) {
     let now = runtime::tick_ns();
-    if let Some(s) = slot(sk)
-        && (s.sk == 0 || s.sk == sk as u64 || now.wrapping_sub(s.owner.start_ns) > SLOT_MAX_AGE_NS)
-    {
-        s.sk = sk as u64;
+    let Some((s, addr)) = slot(sk) else {
+        return;
+    };
+    if s.holds(0) || s.holds(addr) || now.wrapping_sub(s.owner.start_ns) > SLOT_MAX_AGE_NS {
+        s.sk = addr | (s.sk & SPILLED);
         fill_current(&mut s.owner, now);
         return;
     }
@@ -124,6 +145,7 @@ pub fn record(sk: *const u8) {
     if OWNERS.insert(sk as u64, owner, 0).is_err() {
         count::drop(Drop::OwnerMapFull);
     }
+    s.sk |= SPILLED;
 }
 
 /// Records the owner at → SYN_SENT unless a dedicated connect hook (fentry/kprobe) does.
@@ -137,10 +159,12 @@ pub fn record_from_state(sk: *const u8) {
 /// The recorded owner, in place (no copy: an `Owner` copied by value goes a byte at a time).
 #[inline(always)]
 pub fn get(sk: *const u8) -> Option<&'static Owner> {
-    if let Some(s) = slot(sk)
-        && s.sk == sk as u64
-    {
+    let (s, addr) = slot(sk)?;
+    if s.holds(addr) {
         return Some(&s.owner);
+    }
+    if !s.spilled() {
+        return None;
     }
     // SAFETY: a delete racing with the read (user space expiring the entry) can only make
     // the values stale.
@@ -148,21 +172,24 @@ pub fn get(sk: *const u8) -> Option<&'static Owner> {
 }
 
 /// The socket closes: `last` sees its owner (`None` if none was recorded) one last time,
-/// then the owner is dropped. One lookup serves both. Most sockets that close never had an
-/// owner (accepted ones), and a hash lookup that misses takes no lock.
+/// then the owner is dropped. One lookup serves both.
 #[inline(always)]
 pub fn close<R>(sk: *const u8, last: impl FnOnce(Option<&Owner>) -> R) -> R {
     // Forgetting is not idempotent: an idle copy running first would hide the owner from the
     // counting one.
     let forget = runtime::counting();
-    if let Some(s) = slot(sk)
-        && s.sk == sk as u64
-    {
+    let Some((s, addr)) = slot(sk) else {
+        return last(None);
+    };
+    if s.holds(addr) {
         let r = last(Some(&s.owner));
         if forget {
-            s.sk = 0;
+            s.sk &= SPILLED;
         }
         return r;
+    }
+    if !s.spilled() {
+        return last(None);
     }
     // SAFETY: a delete racing with the read (user space expiring the entry) can only make
     // the values stale.
