@@ -37,8 +37,7 @@ pub struct Owner {
     /// connect never reached a state change we see.
     pub start_ns: u64,
     pub tgid: u32,
-    /// [`owner_flags`] the socket collected since its connect started.
-    pub flags: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -47,10 +46,13 @@ pub mod errno {
     pub const ECONNREFUSED: u16 = 111;
 }
 
-/// Bits of [`Owner::flags`].
-pub mod owner_flags {
-    /// A RST arrived in SYN_SENT: counted with the connect's failure, in [`super::Counter`].
-    pub const RESET_IN_SYN_SENT: u32 = 1;
+/// The errnos `tcp_reset()` writes to `sk_err` for a RST received outside SYN_SENT: how the
+/// state program tells a RST from the other ways a connection closes.
+pub mod reset_errno {
+    /// In CLOSE_WAIT.
+    pub const EPIPE: i32 = 32;
+    /// In any other state.
+    pub const ECONNRESET: i32 = 104;
 }
 
 /// Per-target aggregation key for failed connects. Addresses are 16 bytes: IPv4 is stored
@@ -267,6 +269,12 @@ pub struct Offsets {
     pub sk_protocol: u32,
     pub sk_err: u32,
     pub skc_state: u32,
+    /// `sock.tcp_rtx_queue` (its root node) and `inet_connection_sock.icsk_pending` (read
+    /// through the `tcp_sock`, which starts with it): at SYN_SENT → CLOSE, a RST has purged
+    /// the SYN from the queue while its retransmit timer is still armed; an ICMP error leaves
+    /// the SYN queued, a timeout has disarmed the timer.
+    pub sk_rtx_queue: u32,
+    pub icsk_pending: u32,
     /// Where a connect's ICMP error is when `sk_err` no longer says it: `sock.sk_err_soft` (an
     /// error that came while connect(2) held the socket) and the ICMP error queued on the socket
     /// (`sk_error_queue.qlen`, `.prev` → `sk_buff.cb` as `sock_exterr_skb.ee`), which a
@@ -346,7 +354,6 @@ pub struct TracepointOffsets {
     pub send_reset_skbaddr: u32,
     pub send_reset_skaddr: u32,
     pub send_reset_reason: u32,
-    pub receive_reset_skaddr: u32,
     pub error_report_error: u32,
     pub error_report_dport: u32,
     pub error_report_family: u32,

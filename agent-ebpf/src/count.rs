@@ -1,7 +1,7 @@
 //! What the programs count: connect outcomes per target, resets, inbound refusals, the
 //! overflow and drop counters, the watched ports, and `trace` events.
 use agent_common::{
-    Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, owner_flags, proto, tcp_state,
+    Counter, Drop, Event, InboundKey, Owner, ResetKey, ResetSentKey, TargetKey, overflow, proto, tcp_state,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
@@ -140,9 +140,10 @@ fn raise<T: Copy + PartialEq + From<u8>>(flag: Option<*mut T>) {
 }
 
 /// A connect outcome at `at_ns` (`CLOCK_MONOTONIC`): counted per target (errno 0 is a success
-/// to a watched port), and every failure also streamed for `trace`.
+/// to a watched port), `resets` (0 or 1) of it caused by a RST in SYN_SENT, and every failure
+/// also streamed for `trace`.
 #[inline(always)]
-pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16, at_ns: u64) {
+pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16, resets: u64, at_ns: u64) {
     if !counting() {
         return;
     }
@@ -154,7 +155,6 @@ pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16
     key.dport = dport;
     key.errno = errno;
     key.proto = proto;
-    let resets = u64::from(o.flags & owner_flags::RESET_IN_SYN_SENT != 0);
     count_target(key, at_ns, resets);
     if errno != 0 {
         emit(|| Event {

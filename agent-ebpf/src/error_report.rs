@@ -42,7 +42,7 @@ fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     // Loopback and veth deliver the ICMP error in the sending task's context.
     let mut scratch = core::mem::MaybeUninit::uninit();
     let o = owner::of_socket::<M>(sk, true, &mut scratch);
-    count::connect_outcome(o, proto::UDP, daddr, dport, err as u16, runtime::now());
+    count::connect_outcome(o, proto::UDP, daddr, dport, err as u16, 0, runtime::now());
     Ok(0)
 }
 
@@ -83,6 +83,7 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
         daddr,
         dport,
         err as u16,
+        0,
         runtime::now(),
     );
     Ok(0)

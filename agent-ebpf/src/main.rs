@@ -4,7 +4,8 @@
 //! Module graph, a DAG: each module uses only the ones after its arrow.
 //! ```text
 //! connect                             → owner, runtime
-//! reset, state                        → listen, owner, count, sock, runtime (reset: maps)
+//! state                               → listen, owner, count, sock, runtime
+//! reset                               → owner, count, sock, runtime, maps
 //! error_report, syscall               → owner, count, sock, runtime
 //! listen   (listener history)         → owner, count, sock, runtime, maps
 //! owner    (who a socket belongs to)  → count, sock, runtime, maps

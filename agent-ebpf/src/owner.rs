@@ -24,16 +24,33 @@ pub const NOBODY: Owner = Owner {
     cgroup_id: 0,
     start_ns: 0,
     tgid: 0,
-    flags: 0,
+    _pad: 0,
     comm: [0; COMM_LEN],
 };
 
-/// A slot of [`SLOTS`]: the socket it holds (0: free) and its owner.
+/// A slot of [`SLOTS`]: the socket it holds (0: free), [`SPILLED`] or'd in, and its owner.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Slot {
     sk: u64,
     owner: Owner,
+}
+
+/// Set in a slot's `sk` (socket addresses are aligned, bit 0 is free) once a socket whose slot
+/// it is went to `OWNERS`, and kept: only the sockets of such a slot can have an owner there,
+/// so every other close (accepted sockets, which never had one) costs no hash lookup.
+const SPILLED: u64 = 1;
+
+impl Slot {
+    #[inline(always)]
+    fn holds(&self, addr: u64) -> bool {
+        self.sk & !SPILLED == addr
+    }
+
+    #[inline(always)]
+    fn spilled(&self) -> bool {
+        self.sk & SPILLED != 0
+    }
 }
 
 const SLOT_BITS: u32 = 15;
@@ -50,20 +67,23 @@ static SLOTS: Array<Slot> = Array::with_max_entries(1 << SLOT_BITS, 0);
 /// space gives `OWNERS` entries as long).
 const SLOT_MAX_AGE_NS: u64 = 6 * 3600 * 1_000_000_000;
 
+/// The slot of `sk`, with `sk`'s address as a number: the verifier refuses the masks of
+/// [`SPILLED`] on a BTF pointer.
 #[inline(always)]
-fn slot(sk: *const u8) -> Option<&'static mut Slot> {
+fn slot(sk: *const u8) -> Option<(&'static mut Slot, u64)> {
+    let addr = runtime::address(sk);
     // Fibonacci hashing: sockets are slab objects a fixed stride apart.
-    let i = (runtime::address(sk).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
+    let i = (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOT_BITS)) as u32;
     // SAFETY: a slot of an array map; concurrent writers are sockets of the same slot at the
     // same instant, which at worst lose one owner (counted without its process).
-    SLOTS.get_ptr_mut(i).map(|s| unsafe { &mut *s })
+    SLOTS.get_ptr_mut(i).map(|s| (unsafe { &mut *s }, addr))
 }
 
 /// Writes the current task into `o`, every byte.
 #[inline(always)]
 fn fill_current(o: &mut Owner, start_ns: u64) {
     o.start_ns = start_ns;
-    o.flags = 0;
+    o._pad = 0;
     let words = o.comm.as_mut_ptr().cast::<[u64; 2]>();
     let (comm, tgid, cgroups, dfl_cgrp) = (
         sock::off!(task_comm),
@@ -120,10 +140,11 @@ pub fn current_task(o: &mut MaybeUninit<Owner>) -> &Owner {
 #[inline(always)]
 pub fn record(sk: *const u8) {
     let now = runtime::tick_ns();
-    if let Some(s) = slot(sk)
-        && (s.sk == 0 || s.sk == sk as u64 || now.wrapping_sub(s.owner.start_ns) > SLOT_MAX_AGE_NS)
-    {
-        s.sk = sk as u64;
+    let Some((s, addr)) = slot(sk) else {
+        return;
+    };
+    if s.holds(0) || s.holds(addr) || now.wrapping_sub(s.owner.start_ns) > SLOT_MAX_AGE_NS {
+        s.sk = addr | (s.sk & SPILLED);
         fill_current(&mut s.owner, now);
         return;
     }
@@ -132,6 +153,7 @@ pub fn record(sk: *const u8) {
     if OWNERS.insert(sk as u64, owner, 0).is_err() {
         count::drop(Drop::OwnerMapFull);
     }
+    s.sk |= SPILLED;
 }
 
 /// Records the owner at → SYN_SENT unless a dedicated connect hook (fentry/kprobe) does.
@@ -145,45 +167,44 @@ pub fn record_from_state(sk: *const u8) {
 /// The recorded owner, in place (no copy: an `Owner` copied by value goes a byte at a time).
 #[inline(always)]
 pub fn get(sk: *const u8) -> Option<&'static Owner> {
-    get_mut(sk).map(|o| &*o)
-}
-
-/// As [`get`], to set its `flags`.
-#[inline(always)]
-pub fn get_mut(sk: *const u8) -> Option<&'static mut Owner> {
-    if let Some(s) = slot(sk)
-        && s.sk == sk as u64
-    {
-        return Some(&mut s.owner);
+    let (s, addr) = slot(sk)?;
+    if s.holds(addr) {
+        return Some(&s.owner);
     }
-    // SAFETY: a delete racing with the access (user space expiring the entry) can only make
-    // the values stale or the write moot.
-    OWNERS.get_ptr_mut(sk as u64).map(|o| unsafe { &mut *o })
+    if !s.spilled() {
+        return None;
+    }
+    // SAFETY: a delete racing with the read (user space expiring the entry) can only make
+    // the values stale.
+    unsafe { OWNERS.get(sk as u64) }
 }
 
-/// The socket closes: `last` sees its owner ([`NOBODY`] if none was recorded) one last time,
-/// then the owner is dropped. One lookup serves both. Most sockets that close never had an
-/// owner (accepted ones), and a hash lookup that misses takes no lock.
+/// The socket closes: `last` sees its owner (`None` if none was recorded) one last time,
+/// then the owner is dropped. One lookup serves both.
 #[inline(always)]
-pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
+pub fn close<R>(sk: *const u8, last: impl FnOnce(Option<&Owner>) -> R) -> R {
     // Forgetting is not idempotent: an idle copy running first would hide the owner from the
     // counting one.
     let forget = runtime::counting();
-    if let Some(s) = slot(sk)
-        && s.sk == sk as u64
-    {
-        let r = last(&s.owner);
+    let Some((s, addr)) = slot(sk) else {
+        return last(None);
+    };
+    if s.holds(addr) {
+        let r = last(Some(&s.owner));
         if forget {
-            s.sk = 0;
+            s.sk &= SPILLED;
         }
         return r;
+    }
+    if !s.spilled() {
+        return last(None);
     }
     // SAFETY: a delete racing with the read (user space expiring the entry) can only make
     // the values stale.
     let Some(o) = (unsafe { OWNERS.get(sk as u64) }) else {
-        return last(&NOBODY);
+        return last(None);
     };
-    let r = last(o);
+    let r = last(Some(o));
     if forget {
         let _ = OWNERS.remove(sk as u64);
     }
@@ -198,9 +219,15 @@ pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
 /// time.
 #[inline(always)]
 pub fn of_socket<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUninit<Owner>) -> &Owner {
-    if let Some(o) = get(sk) {
-        return o;
+    match get(sk) {
+        Some(o) => o,
+        None => unrecorded::<M>(sk, current_ok, scratch),
     }
+}
+
+/// [`of_socket`] where no owner was recorded.
+#[inline(always)]
+pub fn unrecorded<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUninit<Owner>) -> &Owner {
     let cgroup_id = sock::cgroup_id::<M>(sk);
     if current_ok && !kernel_thread() {
         let cur = current(scratch);

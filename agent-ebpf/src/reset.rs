@@ -1,11 +1,10 @@
-//! RSTs: sent by this host (by `sk_rst_reason`; with no socket and reason NO_SOCKET, an inbound
-//! connection refused, addresses taken from the packet), and received (with the TCP state the
-//! RST hit). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
+//! RSTs sent by this host (by `sk_rst_reason`; with no socket and reason NO_SOCKET, an inbound
+//! connection refused, addresses taken from the packet); those received are told by the state
+//! program (`state.rs`). Before 6.10 `tcp_send_reset` neither has a reason nor fires without a socket, so
 //! inbound refusals fall back to `kfree_skb` with drop reason NO_SOCKET, and before 5.17 (no
 //! drop reason) to the functions that send the RST, or `kfree_skb` called from `tcp_v{4,6}_rcv`.
 use agent_common::{
-    Event, InboundKey, Owner, RST_REASON_NOT_SPECIFIED, ResetKey, ResetSentKey, TCP_RCV_RANGES, config, event_kind,
-    owner_flags, proto, tcp_state,
+    Event, InboundKey, RST_REASON_NOT_SPECIFIED, ResetSentKey, TCP_RCV_RANGES, config, event_kind, proto,
 };
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe, tracepoint},
@@ -13,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    count, listen,
+    count,
     maps::TCP_RCV,
     owner, runtime,
     sock::{self, Btf, Mem, Probe},
@@ -236,63 +235,10 @@ fn on_kfree_skb_at<M: Mem>(skb: *const u8, location: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// The benchmarks' floor only (`hooks::FLOOR_ONLY`): where the agent once counted RSTs
+/// received, now told by the state program, an empty program keeps the floor on the hooks the
+/// agent used to need.
 #[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn receive_reset_btf(ctx: BtfTracePointContext) -> u32 {
-    runtime::run(|| on_receive_reset::<Btf>(ctx.arg(0)))
-}
-
-#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn receive_reset_tp(ctx: TracePointContext) -> u32 {
-    runtime::run(|| {
-        // SAFETY: offset from this kernel's format file for this event.
-        let sk = unsafe { ctx.read_at::<u64>(sock::off!(tp.receive_reset_skaddr) as usize) }.map_err(|_| 0u32)?;
-        on_receive_reset::<Probe>(sk as *const u8)
-    })
-}
-
-#[inline(always)]
-fn on_receive_reset<M: Mem>(sk: *const u8) -> Result<u32, u32> {
-    let state = sock::state::<M>(sk);
-    // In SYN_SENT the RST closes the socket at once, and the refusal is counted then: marked on
-    // the owner, it is counted with the failure, one map update instead of two.
-    if i32::from(state) == tcp_state::SYN_SENT
-        && let Some(o) = owner::get_mut(sk)
-    {
-        o.flags |= owner_flags::RESET_IN_SYN_SENT;
-        count::emit(|| {
-            let (daddr, dport) = sock::peer::<M>(sk).unwrap_or_default();
-            received_event(o, daddr, dport, state)
-        });
-        return Ok(0);
-    }
-    // Runs in softirq: never the current task.
-    let mut scratch = core::mem::MaybeUninit::uninit();
-    let o = owner::of_socket::<M>(sk, false, &mut scratch);
-    let (daddr, dport) = sock::peer::<M>(sk)?;
-    let mut key = core::mem::MaybeUninit::uninit();
-    let key: &mut ResetKey = runtime::zero(&mut key);
-    key.cgroup_id = o.cgroup_id;
-    key.daddr = sock::bytes(daddr);
-    runtime::copy_comm(&mut key.comm, &o.comm);
-    key.dport = dport;
-    key.state = state;
-    count::count_reset_received(key);
-    listen::reset_received(o, daddr, dport);
-    count::emit(|| received_event(o, daddr, dport, state));
-    Ok(0)
-}
-
-#[inline(always)]
-fn received_event(o: &Owner, daddr: sock::Addr, dport: u16, state: u8) -> Event {
-    Event {
-        cgroup_id: o.cgroup_id,
-        tgid: o.tgid,
-        kind: event_kind::RESET_RECEIVED,
-        proto: proto::TCP,
-        code: u16::from(state),
-        comm: o.comm,
-        daddr: sock::bytes(daddr),
-        dport,
-        ..Event::default()
-    }
+pub fn floor_receive_reset_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
 }

@@ -20,6 +20,8 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     sk_protocol: 0,
     sk_err: 0,
     skc_state: 0,
+    sk_rtx_queue: 0,
+    icsk_pending: 0,
     sk_err_soft: 0,
     sk_error_queue_qlen: 0,
     sk_error_queue_prev: 0,
@@ -67,7 +69,6 @@ pub(crate) static OFFSETS: Offsets = Offsets {
         send_reset_skbaddr: 0,
         send_reset_skaddr: 0,
         send_reset_reason: 0,
-        receive_reset_skaddr: 0,
         error_report_error: 0,
         error_report_dport: 0,
         error_report_family: 0,
@@ -278,6 +279,23 @@ pub fn is_tcp<M: Mem>(sk: *const u8) -> bool {
 #[inline(always)]
 pub fn state<M: Mem>(sk: *const u8) -> u8 {
     M::get::<u8>(sk, off!(skc_state)).unwrap_or(0)
+}
+
+/// At SYN_SENT → CLOSE: whether a RST closed the socket. `tcp_reset()` purges the retransmit
+/// queue (the SYN) before `tcp_done()` changes the state, and disarms the SYN's timer only
+/// after. A timeout closes with the timer fired; connect's own failure path, the application's
+/// close and `tcp_disconnect()` with the SYN queued or never sent; an ICMP error with the SYN
+/// queued before 6.10, and from 6.10 (`tcp_done_with_error()`, which purges) with the error
+/// queued on the socket (TCP queues every ICMP error in SYN_SENT since 5.6).
+#[inline(always)]
+pub fn reset_in_syn_sent<M: Mem>(sk: *const u8) -> bool {
+    if !M::get::<*const u8>(sk, off!(sk_rtx_queue)).is_ok_and(|n| n.is_null()) {
+        return false;
+    }
+    let tp = M::tcp_sock(sk);
+    let armed = !tp.is_null() && M::get::<u8>(tp, off!(icsk_pending)).is_ok_and(|p| p != 0);
+    let qlen = off!(sk_error_queue_qlen);
+    armed && (qlen == 0 || M::get::<u32>(sk, qlen).is_ok_and(|n| n == 0))
 }
 
 /// `SO_EE_ORIGIN_ICMP`, `SO_EE_ORIGIN_ICMP6` (`linux/errqueue.h`).

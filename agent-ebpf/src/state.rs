@@ -2,8 +2,10 @@
 //! Owner capture at → SYN_SENT (it runs inside `tcp_v{4,6}_connect`, in the connecting task);
 //! the failure count at SYN_SENT → CLOSE with `sk_err` set, which also covers clients that
 //! closed the socket before the RST arrived (no error report then); successes only to ports
-//! user space watches; listeners starting and stopping (`listen.rs`).
-use agent_common::{Owner, config, errno, owner_flags, proto, tcp_state};
+//! user space watches; listeners starting and stopping (`listen.rs`); RSTs received, told
+//! from the close they cause (`tcp_reset()` writes `sk_err`, then `tcp_done()` changes the
+//! state), so no program runs on `tcp_receive_reset`.
+use agent_common::{Event, Owner, ResetKey, config, errno, event_kind, proto, reset_errno, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -65,9 +67,9 @@ fn on_state<M: Mem>(sk: *const u8, old: i32, new: i32) -> Result<u32, u32> {
     // `OWNERS` for hours.
     owner::close(sk, |o| {
         if old == tcp_state::SYN_SENT {
-            count_failure::<M>(sk, o)
+            count_failure::<M>(sk, o.unwrap_or(&owner::NOBODY))
         } else {
-            Ok(0)
+            reset_received::<M>(sk, o, old)
         }
     })
 }
@@ -79,7 +81,7 @@ fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
         return Ok(0);
     }
     let o = owner::get(sk).unwrap_or(&owner::NOBODY);
-    count::connect_outcome(o, proto::TCP, daddr, dport, 0, sock::tcp_time::<M>(sk));
+    count::connect_outcome(o, proto::TCP, daddr, dport, 0, 0, sock::tcp_time::<M>(sk));
     Ok(0)
 }
 
@@ -89,24 +91,82 @@ fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
         return Ok(0);
     }
     let err: i32 = M::get(sk, sock::off!(sk_err))?;
-    let err = if err > 0 { err as u16 } else { lost_error::<M>(sk, o) };
+    // `sk_err` 0 here with a RST's traces: a client read it first (`SO_ERROR` after poll:
+    // Python, Node, Go, Java), racing the state change.
+    let reset = (err == i32::from(errno::ECONNREFUSED) || err <= 0) && sock::reset_in_syn_sent::<M>(sk);
+    let err = match err {
+        1.. => err as u16,
+        _ if reset => errno::ECONNREFUSED,
+        _ => sock::icmp_error::<M>(sk),
+    };
     // SYN_SENT → CLOSE with no error anywhere is the application closing its own socket.
     if err == 0 {
         return Ok(0);
     }
     let (daddr, dport) = sock::peer::<M>(sk)?;
-    count::connect_outcome(o, proto::TCP, daddr, dport, err, sock::tcp_time::<M>(sk));
+    // Counted with the failure it caused: one map update, not two.
+    count::connect_outcome(
+        o,
+        proto::TCP,
+        daddr,
+        dport,
+        err,
+        u64::from(reset),
+        sock::tcp_time::<M>(sk),
+    );
+    if reset {
+        count::emit(|| received_event(o, daddr, dport, tcp_state::SYN_SENT as u8));
+    }
     Ok(0)
 }
 
-/// The connect's error where `sk_err` no longer holds it: a client woken by the error (poll,
-/// epoll: Python, Node, Go, Java) reads it with `SO_ERROR`, which clears it, and may do so
-/// before this state change is traced; or the error came while connect(2) held the socket and
-/// the kernel kept it as a soft one. The RST seen in SYN_SENT, else the ICMP error.
+/// A RST received outside SYN_SENT: `tcp_reset()` wrote EPIPE (in CLOSE_WAIT) or ECONNRESET
+/// just before this change to CLOSE. Nothing else writes those before the change: an abort
+/// writes ECONNABORTED, a timeout ETIMEDOUT or an ICMP error, `tcp_disconnect()` its
+/// ECONNRESET only after it. A RST hitting a socket already in CLOSE changes nothing and is
+/// not seen.
 #[inline(always)]
-fn lost_error<M: Mem>(sk: *const u8, o: &Owner) -> u16 {
-    if o.flags & owner_flags::RESET_IN_SYN_SENT != 0 {
-        return errno::ECONNREFUSED;
+fn reset_received<M: Mem>(sk: *const u8, recorded: Option<&Owner>, old: i32) -> Result<u32, u32> {
+    let err: i32 = M::get(sk, sock::off!(sk_err))?;
+    let by_reset = if old == tcp_state::CLOSE_WAIT {
+        reset_errno::EPIPE
+    } else {
+        reset_errno::ECONNRESET
+    };
+    if err != by_reset || !sock::is_tcp::<M>(sk) {
+        return Ok(0);
     }
-    sock::icmp_error::<M>(sk)
+    // Runs in softirq for a remote RST: never the current task.
+    let mut scratch = core::mem::MaybeUninit::uninit();
+    let o = match recorded {
+        Some(o) => o,
+        None => owner::unrecorded::<M>(sk, false, &mut scratch),
+    };
+    let (daddr, dport) = sock::peer::<M>(sk)?;
+    let mut key = core::mem::MaybeUninit::uninit();
+    let key: &mut ResetKey = runtime::zero(&mut key);
+    key.cgroup_id = o.cgroup_id;
+    key.daddr = sock::bytes(daddr);
+    runtime::copy_comm(&mut key.comm, &o.comm);
+    key.dport = dport;
+    key.state = old as u8;
+    count::count_reset_received(key);
+    listen::reset_received(o, daddr, dport);
+    count::emit(|| received_event(o, daddr, dport, old as u8));
+    Ok(0)
+}
+
+#[inline(always)]
+fn received_event(o: &Owner, daddr: sock::Addr, dport: u16, state: u8) -> Event {
+    Event {
+        cgroup_id: o.cgroup_id,
+        tgid: o.tgid,
+        kind: event_kind::RESET_RECEIVED,
+        proto: proto::TCP,
+        code: u16::from(state),
+        comm: o.comm,
+        daddr: sock::bytes(daddr),
+        dport,
+        ..Event::default()
+    }
 }

@@ -91,6 +91,7 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         daddr,
         dport,
         (-ret) as u16,
+        0,
         runtime::now(),
     );
     Ok(0)

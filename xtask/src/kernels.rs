@@ -145,7 +145,6 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
         "tp_btf" => vec![
             "sock_state_btf",
             k.error_report[0],
-            "receive_reset_btf",
             k.send_reset[0],
             k.inbound[0],
             k.oom_btf,
@@ -153,7 +152,6 @@ fn must_run(k: &Kernel, mode: &str) -> Vec<&'static str> {
         _ => vec![
             "sock_state_tp",
             k.error_report[1],
-            "receive_reset_tp",
             "connect_enter",
             "connect_exit",
             k.send_reset[1],

@@ -6,7 +6,7 @@ use agent_core::{
     config::AttachMode,
     kernel::{
         btf,
-        hooks::{Attach, HOOKS, Hook, HookReport, explain, programs, tp_btf_fits, wanted},
+        hooks::{Attach, FLOOR_ONLY, HOOKS, Hook, HookReport, explain, programs, tp_btf_fits, wanted},
     },
 };
 use aya::{
@@ -127,7 +127,9 @@ pub fn load_and_attach(
     let mut links = pins.map(|_| Vec::new());
     let mut hooks: Vec<HookReport> = Vec::new();
     let mut inbound_by_send_reset = false;
-    for hook in HOOKS.iter().filter(|h| wanted(h, opt_in)) {
+    // The floor is the hooks the agent used to need, not only those it needs now.
+    let floor: &[Hook] = if flavor == Flavor::Empty { FLOOR_ONLY } else { &[] };
+    for hook in HOOKS.iter().filter(|h| wanted(h, opt_in)).chain(floor) {
         let forced = forced(kernel, hook, mode);
         let mut report = HookReport {
             hook: hook.name,

@@ -74,12 +74,6 @@ const TRACEPOINTS: &[TpFields] = &[
         ],
     ),
     (
-        "receive_reset_tp",
-        "tcp",
-        "tcp_receive_reset",
-        &[("skaddr", |t| &mut t.receive_reset_skaddr)],
-    ),
-    (
         "error_report_tp",
         "sock",
         "inet_sk_error_report",
@@ -145,6 +139,9 @@ const REQUIRED: &[(&str, &str, u32, Slot)] = &[
     ("sock_common", "skc_state", 1, |o| &mut o.skc_state),
     ("sock", "sk_protocol", 2, |o| &mut o.sk_protocol),
     ("sock", "sk_err", 4, |o| &mut o.sk_err),
+    // RSTs received in SYN_SENT, told from the state change they cause.
+    ("sock", "tcp_rtx_queue", 8, |o| &mut o.sk_rtx_queue),
+    ("tcp_sock", "inet_conn.icsk_pending", 1, |o| &mut o.icsk_pending),
     // Listeners and how the task that closes one is ending.
     ("sock_common", "skc_num", 2, |o| &mut o.skc_num),
     ("inet_sock", "inet_sport", 2, |o| &mut o.inet_sport),
