@@ -84,7 +84,7 @@ pub fn main(args: &RunArgs) -> ExitCode {
     match caps::drop_privileges(user.as_ref()) {
         // SAFETY: getuid cannot fail.
         Ok(kept) => {
-            tracing::info!(uid = unsafe { libc::getuid() }, kept = ?caps::names(kept), "privileges dropped")
+            tracing::info!(uid = unsafe { libc::getuid() }, kept = ?caps::names(&kept), "privileges dropped")
         }
         Err(e) => return fail(&e),
     }
