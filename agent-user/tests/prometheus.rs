@@ -294,23 +294,19 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
     // The registry's process metrics and scrape histogram, as Prometheus stored them: one
     // series each, for the agent's own target labels, with plausible values.
     let labels = agent.trim_matches(['{', '}']);
-    for (series, cmp) in [
-        ("process_resident_memory_bytes", "> 1e6"),
-        ("process_virtual_memory_bytes", "> 1e6"),
-        ("process_open_fds", "> 3"),
-        ("process_max_fds", "> 3"),
-        ("process_threads", "> 1"),
-        ("process_start_time_seconds", "> 1.7e9"),
-        ("process_cpu_seconds_total", ">= 0"),
+    for (name, matchers, cmp) in [
+        ("process_resident_memory_bytes", "", "> 1e6"),
+        ("process_virtual_memory_bytes", "", "> 1e6"),
+        ("process_open_fds", "", "> 3"),
+        ("process_max_fds", "", "> 3"),
+        ("process_threads", "", "> 1"),
+        ("process_start_time_seconds", "", "> 1.7e9"),
+        ("process_cpu_seconds_total", "", ">= 0"),
         // Scraped every second for some 16 s.
-        ("refusal_agent_scrape_duration_seconds_count", "> 5"),
-        ("refusal_agent_scrape_duration_seconds_bucket{le=\"+Inf\",", "> 5"),
+        ("refusal_agent_scrape_duration_seconds_count", "", "> 5"),
+        ("refusal_agent_scrape_duration_seconds_bucket", "le=\"+Inf\",", "> 5"),
     ] {
-        let selector = match series.strip_suffix(',') {
-            Some(open) => format!("{open}{labels}}}"),
-            None => format!("{series}{{{labels}}}"),
-        };
-        let q = format!("last_over_time({selector}[30s]) {cmp}");
+        let q = format!("last_over_time({name}{{{matchers}{labels}}}[30s]) {cmp}");
         assert_eq!(prom.query(&q), Ok(1), "{q}");
     }
     let p50 = "histogram_quantile(0.5, rate(refusal_agent_scrape_duration_seconds_bucket[30s])) < 1";
