@@ -46,7 +46,8 @@ fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// The classic tracepoint's record has no socket: attribution falls back to the current task.
+/// The classic tracepoint's record has no socket: attribution falls back to the current task
+/// (none where that is a kernel thread).
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
 pub fn error_report_tp(ctx: TracePointContext) -> u32 {
     runtime::run(|| try_error_report_tp(&ctx))
@@ -77,7 +78,7 @@ fn try_error_report_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     let mut o = core::mem::MaybeUninit::uninit();
     count::connect_outcome(
-        owner::current(&mut o),
+        owner::current_task(&mut o),
         proto::UDP,
         daddr,
         dport,

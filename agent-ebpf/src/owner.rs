@@ -109,6 +109,14 @@ pub fn current(o: &mut MaybeUninit<Owner>) -> &mut Owner {
     o
 }
 
+/// The current task as the owner of an event with no socket to look up (a classic
+/// tracepoint's record), unless it is a kernel thread running softirq work for nobody in
+/// particular: then [`NOBODY`].
+#[inline(always)]
+pub fn current_task(o: &mut MaybeUninit<Owner>) -> &Owner {
+    if kernel_thread() { &NOBODY } else { current(o) }
+}
+
 #[inline(always)]
 pub fn record(sk: *const u8) {
     let now = runtime::tick_ns();
@@ -184,15 +192,17 @@ pub fn close<R>(sk: *const u8, last: impl FnOnce(&Owner) -> R) -> R {
 
 /// Owner of a socket: the recorded one, else (accepted sockets, UDP) the socket's own cgroup,
 /// and the current task's name only when `current_ok` says the event runs in the owning task
-/// (close(2), sendmsg(2)) and that task is in the socket's cgroup; built in `scratch`, since
-/// an `Owner` returned by value is copied a byte at a time.
+/// (close(2), sendmsg(2)), that task is in the socket's cgroup and is not a kernel thread
+/// (softirq work deferred to `ksoftirqd`, whose cgroup is the root's, like every host
+/// process's); built in `scratch`, since an `Owner` returned by value is copied a byte at a
+/// time.
 #[inline(always)]
 pub fn of_socket<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUninit<Owner>) -> &Owner {
     if let Some(o) = get(sk) {
         return o;
     }
     let cgroup_id = sock::cgroup_id::<M>(sk);
-    if current_ok {
+    if current_ok && !kernel_thread() {
         let cur = current(scratch);
         if cur.cgroup_id == cgroup_id {
             cur.start_ns = 0;
@@ -203,4 +213,15 @@ pub fn of_socket<M: Mem>(sk: *const u8, current_ok: bool, scratch: &mut MaybeUni
     let o = runtime::zero(scratch);
     o.cgroup_id = cgroup_id;
     o
+}
+
+/// `PF_KTHREAD`: the task is a kernel thread.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+#[inline(always)]
+fn kernel_thread() -> bool {
+    // Unreadable flags count as a kernel thread: no name beats a wrong one.
+    sock::Task::current()
+        .get::<u32>(sock::off!(task_flags))
+        .map_or(true, |f| f & PF_KTHREAD != 0)
 }

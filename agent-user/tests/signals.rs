@@ -305,6 +305,51 @@ fn connected_udp_refused_by_icmp_port_unreachable() {
     assert_eq!(wait_value(&d, FAILURES, &labels, 9.0), 9.0);
 }
 
+/// An ICMP error the kernel delivers in a kernel thread (here threaded NAPI on the host's
+/// veth, as ksoftirqd does under load) names no process: counted exactly, as `unknown`, never
+/// as the kernel thread.
+#[test]
+fn udp_error_delivered_in_a_kernel_thread_blames_no_thread() {
+    if !privileged("udp_error_delivered_in_a_kernel_thread_blames_no_thread") {
+        return;
+    }
+    let ns = Netns::new(15);
+    ns.exec("sysctl -qw net.ipv4.icmp_ratelimit=0");
+    // veth takes NAPI with GRO on; the namespace's ICMP is GRO-eligible without TSO there.
+    sh(&format!(
+        "ethtool -K {host} gro on rx-udp-gro-forwarding on && ip netns exec {ns} ethtool -K rfn{n} tso off \
+         && echo 1 > /sys/class/net/{host}/threaded",
+        host = ns.host_if,
+        ns = ns.name,
+        n = ns.n
+    ));
+    let d = Daemon::start(BIN, &[]);
+    let to = SocketAddr::new(ns.ns_ip().parse().unwrap(), 5555);
+    as_comm("udpveth", move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for _ in 0..7 {
+            s.send(b"ping").unwrap();
+            let e = s.recv(&mut [0u8; 8]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        }
+    });
+    let napi = format!("napi/{}-", ns.host_if);
+    let threads = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok());
+    assert!(
+        threads.into_iter().any(|c| c.starts_with(&napi)),
+        "no {napi}* kernel thread: the errors were not delivered in one"
+    );
+    let addr = ns.ns_ip();
+    let target = [("proto", "udp"), ("dst_addr", addr.as_str()), ("dst_port", "5555")];
+    let unknown = [&target[..], &[("comm", "unknown"), ("errno", "ECONNREFUSED")]].concat();
+    assert_eq!(wait_value(&d, FAILURES, &unknown, 7.0), 7.0);
+    assert_eq!(value(&d.metrics(), FAILURES, &target), 7.0, "{}", d.metrics());
+}
+
 #[test]
 fn workloads_from_real_cgroups() {
     if !privileged("workloads_from_real_cgroups") {

@@ -42,6 +42,39 @@ impl Netns {
         format!("fd00:200:{}::2", self.n)
     }
 
+    /// Joins this namespace to `peer` by a veth pair of their own, on `10.210.<n>.0/24` and
+    /// `fd00:210:<n>::/64` (`n` this one's): returns the peer's addresses on it, IPv4 and IPv6.
+    /// Traffic between the two never crosses the host's stack, so each one's counters are its own.
+    pub fn link(&self, peer: &Netns) -> [String; 2] {
+        let (n, name, pname) = (self.n, &self.name, &peer.name);
+        sh(&format!(
+            "ip link add rfl{n} netns {name} type veth peer name rfp{n} netns {pname} \
+             && ip -n {name} addr add 10.210.{n}.1/24 dev rfl{n} && ip -n {name} -6 addr add fd00:210:{n}::1/64 dev rfl{n} nodad \
+             && ip -n {pname} addr add 10.210.{n}.2/24 dev rfp{n} && ip -n {pname} -6 addr add fd00:210:{n}::2/64 dev rfp{n} nodad \
+             && ip -n {name} link set rfl{n} up && ip -n {pname} link set rfp{n} up"
+        ));
+        [format!("10.210.{n}.2"), format!("fd00:210:{n}::2")]
+    }
+
+    /// A counter of the namespace's `/proc/net/snmp` or `/proc/net/netstat` (as `nstat` names
+    /// them: `TcpAttemptFails`, `TcpExtTCPAbortOnTimeout`).
+    pub fn counter(&self, name: &str) -> u64 {
+        let out = self.exec("cat /proc/net/snmp /proc/net/netstat");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        // Each group is a line of names and a line of values, both led by `Group:`.
+        lines
+            .chunks(2)
+            .find_map(|pair| {
+                let [names, values] = pair else { return None };
+                let (group, names) = names.split_once(':')?;
+                let field = name.strip_prefix(group)?;
+                let i = names.split_whitespace().position(|n| n == field)?;
+                values.split_once(':')?.1.split_whitespace().nth(i)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no counter {name} in {}", self.name))
+    }
+
     /// Runs `cmd` inside the namespace.
     pub fn exec(&self, cmd: &str) -> Output {
         Command::new("ip")

@@ -24,6 +24,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("node", "nodejs"),
     // Faults injected into a running daemon's syscalls: a map read refused, a listener broken.
     ("strace", "strace"),
+    // Threaded NAPI on a veth (GRO on): ICMP errors delivered in a kernel thread.
+    ("ethtool", "ethtool"),
     // The benchmarks: the client pinned to a CPU, and the profile of tracing code's share.
     ("taskset", "util-linux"),
     ("perf", "linux-perf"),

@@ -72,6 +72,9 @@ pub struct Snapshot {
     pub drops: Vec<(&'static str, u64)>,
     /// `(program, kernel run time ns, runs)` while `kernel.bpf_stats_enabled=1`, else empty.
     pub bpf_stats: Vec<(String, u64, u64)>,
+    /// `(program, runs the kernel skipped)`: a program interrupted on a CPU is not run again
+    /// there for the nested event.
+    pub recursion_misses: Vec<(String, u64)>,
     /// Listener events since the last tick (the tick drains them; a scrape leaves them).
     pub listeners: Vec<ListenerEvent>,
     /// Listener events the kernel could not deliver, since its maps were made.

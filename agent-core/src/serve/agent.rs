@@ -53,6 +53,8 @@ pub struct Counters {
     pub dropped: Vec<(&'static str, u64)>,
     /// Program, run time in ns, runs (present while `kernel.bpf_stats_enabled=1`).
     pub bpf: Vec<(String, u64, u64)>,
+    /// Program, runs the kernel skipped (nested in a run on the same CPU).
+    pub recursion_misses: Vec<(String, u64)>,
     pub overflow: Vec<(&'static str, u64)>,
 }
 
@@ -61,6 +63,7 @@ impl Counters {
         Self {
             dropped: snap.drops.iter().chain(analysis_drops).copied().collect(),
             bpf: snap.bpf_stats.clone(),
+            recursion_misses: snap.recursion_misses.clone(),
             overflow: series.overflow().collect(),
         }
     }
@@ -178,10 +181,11 @@ struct CountersCollector {
     descs: Vec<Desc>,
 }
 
-const COUNTER_FAMILIES: [&Family; 4] = [
+const COUNTER_FAMILIES: [&Family; 5] = [
     &f::EVENTS_DROPPED,
     &f::BPF_RUN_SECONDS,
     &f::BPF_RUNS,
+    &f::BPF_RECURSION_MISSES,
     &f::SERIES_OVERFLOW,
 ];
 
@@ -239,6 +243,10 @@ impl Collector for CountersCollector {
             counter_family(
                 &f::BPF_RUNS,
                 c.bpf.iter().map(|(p, _, runs)| (p.as_str(), *runs as f64)),
+            ),
+            counter_family(
+                &f::BPF_RECURSION_MISSES,
+                c.recursion_misses.iter().map(|(p, n)| (p.as_str(), *n as f64)),
             ),
             counter_family(&f::SERIES_OVERFLOW, c.overflow.iter().map(|(m, n)| (*m, *n as f64))),
         ]

@@ -181,6 +181,15 @@ pub const BPF_RUNS: Family = Family {
     writer: Writer::Registry,
 };
 
+pub const BPF_RECURSION_MISSES: Family = Family {
+    name: "refusal_agent_bpf_recursion_misses_total",
+    kind: Kind::Counter,
+    help: "Runs of each of the agent's programs the kernel skipped: the program was already running on that CPU (an interrupt during a run), so the nested event went unseen.",
+    labels: &["program"],
+    cap: Cap::None,
+    writer: Writer::Registry,
+};
+
 pub const HTTP_REJECTED: Family = Family {
     name: "refusal_agent_http_rejected_connections_total",
     kind: Kind::Counter,
@@ -260,6 +269,7 @@ pub const ALL: &[&Family] = &[
     &PROCESS_START_TIME,
     &PROCESS_THREADS,
     &PROCESS_VIRTUAL_MEMORY,
+    &BPF_RECURSION_MISSES,
     &BPF_RUN_SECONDS,
     &BPF_RUNS,
     &BUILD_INFO,

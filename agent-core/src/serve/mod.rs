@@ -414,6 +414,7 @@ refusal_agent_build_info{kernel="6.18.0",revision="1b92d99",version="0.1.0"} 1
             }],
             drops: vec![("owner_map_full", 0)],
             bpf_stats: vec![("sock_state_btf".into(), 1_000, 2)],
+            recursion_misses: vec![("sock_state_btf".into(), 3)],
             listeners: vec![ListenerEvent::Stopped {
                 at: Duration::from_secs(14),
                 netns: 0,

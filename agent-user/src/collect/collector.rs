@@ -2,6 +2,7 @@
 //! labels resolved. The kernel counts; this only sums per-CPU slots.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
 
@@ -23,7 +24,7 @@ use aya::{
 };
 use foldhash::HashMap;
 
-use crate::collect::{batch, clock::monotonic_ns, watch::WatchMap, workloads::Workloads};
+use crate::collect::{batch, clock::monotonic_ns, programs, watch::WatchMap, workloads::Workloads};
 
 /// Owner entries go when their socket closes. One older than this is a long-lived connection
 /// (its resets then fall back to the socket's cgroup) or the leftover of a connect that failed
@@ -273,7 +274,7 @@ impl Collector {
                 .push((what.name(), drops.get(&(what as u32)).copied().unwrap_or(0)));
         }
         snap.drops.push(("owner_expired", self.owners_expired));
-        snap.bpf_stats = self.bpf_stats();
+        self.programs(&mut snap);
         Ok(snap)
     }
 
@@ -332,19 +333,20 @@ impl Collector {
         Ok(())
     }
 
-    /// The kernel only accounts run time while `kernel.bpf_stats_enabled=1` (it costs ~50 ns a
-    /// run), so the metrics exist only then.
-    fn bpf_stats(&self) -> Vec<(String, u64, u64)> {
-        if std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() != "1") {
-            return Vec::new();
+    /// Per program: run time and runs, which the kernel only accounts while
+    /// `kernel.bpf_stats_enabled=1` (it costs ~50 ns a run), so those metrics exist only then;
+    /// and the runs it skipped, always.
+    fn programs(&self, snap: &mut Snapshot) {
+        let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1");
+        for (name, prog) in self.ebpf.programs() {
+            let Some(c) = prog.fd().ok().and_then(|fd| programs::counters(fd.as_fd()).ok()) else {
+                continue;
+            };
+            if stats_on {
+                snap.bpf_stats.push((name.to_string(), c.run_time_ns, c.runs));
+            }
+            snap.recursion_misses.push((name.to_string(), c.recursion_misses));
         }
-        self.ebpf
-            .programs()
-            .filter_map(|(name, prog)| {
-                let info = prog.info().ok()?;
-                Some((name.to_string(), info.run_time().as_nanos() as u64, info.run_count()))
-            })
-            .collect()
     }
 
     /// What the kernel counted past full maps: destinations folded (the process kept), then

@@ -6,5 +6,6 @@ pub mod cgroups;
 pub mod clock;
 pub mod collector;
 pub mod listeners;
+pub mod programs;
 pub mod watch;
 pub mod workloads;

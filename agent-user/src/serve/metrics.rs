@@ -104,6 +104,7 @@ mod tests {
         let counters = Counters {
             dropped: vec![("owner_map_full", 2)],
             bpf: vec![("sock_state_btf".into(), 1_500_000_000, 7)],
+            recursion_misses: vec![("sock_state_btf".into(), 1)],
             overflow: vec![(families::CONNECT_FAILURES.name, 3)],
         };
         let mut text = String::new();
@@ -117,6 +118,7 @@ mod tests {
         for line in [
             "refusal_agent_bpf_run_seconds_total{program=\"sock_state_btf\"} 1.5\n",
             "refusal_agent_bpf_runs_total{program=\"sock_state_btf\"} 7\n",
+            "refusal_agent_bpf_recursion_misses_total{program=\"sock_state_btf\"} 1\n",
             "refusal_agent_events_dropped_total{where=\"owner_map_full\"} 2\n",
             "refusal_agent_series_overflow_total{metric=\"refusal_connect_failures_total\"} 3\n",
             "refusal_agent_collections_failed_total{during=\"scrape\"} 0\n",
