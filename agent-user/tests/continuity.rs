@@ -227,6 +227,10 @@ fn after_attaching_it_runs_as_the_user_with_two_capabilities_and_still_counts() 
         ("dst_port", port_s.as_str()),
     ];
     assert_eq!(wait_value(&d, FAILURES, &labels, 6.0), 6.0);
+    // The process collector still reads the daemon's own /proc entries as that user.
+    let m = d.metrics();
+    assert!(value(&m, "process_open_fds", &[]) > 3.0, "{m}");
+    assert!(value(&m, "process_resident_memory_bytes", &[]) > 1e6, "{m}");
     // The pins were handed to the user, so the unprivileged daemon can remove them.
     d.signal(15);
     assert_eq!(d.wait_exit(Duration::from_secs(2)), Some(0));

@@ -1,8 +1,10 @@
 //! Prometheus for real: a Prometheus server (Debian package) scrapes the real daemon every second
 //! while the test produces every signal; then every PromQL expression of every dashboard panel
-//! and every rule must parse and return data, and `promtool check metrics` must accept the
-//! daemon's exposition.
+//! and every rule must parse and return data, `promtool check metrics` must accept the daemon's
+//! exposition, which must hold every family of the table once (both writers), and Prometheus
+//! must have stored the registry's process metrics and scrape histogram.
 use std::{
+    collections::BTreeSet,
     io::Write,
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -11,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_core::serve::families;
 use testkit::{Daemon, closed_port, get, linger_zero, privileged, workspace_root};
 
 const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
@@ -262,7 +265,8 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    check.stdin.take().unwrap().write_all(d.metrics().as_bytes()).unwrap();
+    let metrics = d.metrics();
+    check.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
     let out = check.wait_with_output().unwrap();
     let complaints = format!(
         "{}{}",
@@ -282,6 +286,31 @@ fn prometheus_scrapes_and_every_dashboard_and_rule_query_returns_data() {
     assert_eq!(seen(&format!("refusal_agent_build_info{agent}")), Ok(1));
     assert_eq!(seen(&format!("refusal_connect_failures_total{agent}")), Ok(0));
     assert!(seen("refusal_connect_failures_total{namespace=\"\",pod=\"\"}").is_ok_and(|n| n > 0));
+
+    // Both writers in one exposition: every family of the table, each once, with its labels.
+    let written = families::check(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    let all: BTreeSet<&str> = families::ALL.iter().map(|f| f.name).collect();
+    assert_eq!(written, all, "families written against the table");
+    // The registry's process metrics and scrape histogram, as Prometheus stored them: one
+    // series each, for the agent's own target labels, with plausible values.
+    let labels = agent.trim_matches(['{', '}']);
+    for (name, matchers, cmp) in [
+        ("process_resident_memory_bytes", "", "> 1e6"),
+        ("process_virtual_memory_bytes", "", "> 1e6"),
+        ("process_open_fds", "", "> 3"),
+        ("process_max_fds", "", "> 3"),
+        ("process_threads", "", "> 1"),
+        ("process_start_time_seconds", "", "> 1.7e9"),
+        ("process_cpu_seconds_total", "", ">= 0"),
+        // Scraped every second for some 16 s.
+        ("refusal_agent_scrape_duration_seconds_count", "", "> 5"),
+        ("refusal_agent_scrape_duration_seconds_bucket", "le=\"+Inf\",", "> 5"),
+    ] {
+        let q = format!("last_over_time({name}{{{matchers}{labels}}}[30s]) {cmp}");
+        assert_eq!(prom.query(&q), Ok(1), "{q}");
+    }
+    let p50 = "histogram_quantile(0.5, rate(refusal_agent_scrape_duration_seconds_bucket[30s])) < 1";
+    assert_eq!(prom.query(p50), Ok(1), "{p50}");
 
     let mut exprs = dashboard_exprs();
     let rules = workspace_root().join("dashboards/rules");

@@ -9,6 +9,7 @@ mod latency;
 mod memory;
 mod overhead;
 mod profile;
+mod render;
 mod report;
 mod share;
 
@@ -37,6 +38,9 @@ pub enum Part {
     Kernel,
     /// RSS and `/metrics` scrape cost at 10,000 series (section 4–5).
     Memory,
+    /// The render stage alone: the direct writer against the `prometheus` crate's model at
+    /// 10,000 series (after section 4–5).
+    Render,
     /// Event-to-metric latency (section 6).
     Latency,
 }
@@ -56,6 +60,9 @@ pub fn run(o: &Opts) -> Result<()> {
             Part::Memory => {
                 memory::run(o, &mut report)?;
             }
+            Part::Render => {
+                render::run(o, &mut report)?;
+            }
             Part::Latency => {
                 latency::run(&mut report)?;
             }
@@ -68,6 +75,7 @@ pub fn run(o: &Opts) -> Result<()> {
         profile::run(o, &mut report)?;
         let cpu = cpu::run(o, &mut report)?;
         let memory = memory::run(o, &mut report)?;
+        render::run(o, &mut report)?;
         let latency_ms = latency::run(&mut report)?;
         Ok((samples, cpu, memory, latency_ms))
     })?;

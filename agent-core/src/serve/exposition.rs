@@ -1,7 +1,9 @@
-//! The Prometheus text format (0.0.4), written straight into one buffer: a scrape at 10,000
-//! series must not build an object per series and label (through the `prometheus` crate's
-//! model, one took 250 ms and tens of MiB), so label values are escaped as they are copied and
-//! numbers are formatted in place.
+//! The Prometheus text format (0.0.4), written straight into one buffer, for the families with a
+//! series per target or port: a scrape at 10,000 series must not build an object per series and
+//! label (the `prometheus` crate's model, built per scrape, renders them about ten times slower:
+//! BENCHMARKS.md, "Render stage"), so label values are escaped as they are copied and numbers
+//! are formatted in place. The agent's own families go through the crate's registry
+//! ([`crate::serve::agent`]) and are appended after these.
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},

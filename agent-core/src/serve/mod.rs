@@ -1,5 +1,8 @@
-//! The answers: the Prometheus exposition of a snapshot and an analysis (through the series
-//! caps), and the `/api/targets` views. [`families`] names every family once.
+//! The answers: the Prometheus exposition of a snapshot and an analysis, and the
+//! `/api/targets` views. [`families`] names every family once, and which of two writers writes
+//! it: the families with a series per target or port go straight into one buffer
+//! ([`exposition`], through the series caps), the agent's own through the `prometheus` crate's
+//! registry ([`agent`]).
 pub mod agent;
 pub mod counts;
 pub mod exposition;
@@ -10,30 +13,31 @@ pub mod views;
 
 use crate::{analyse::analysis::Analysis, collect::snapshot::Snapshot};
 
-/// Writes a whole scrape into `out`: the kernel-counted families, the verdicts, then the agent's
-/// own (whose overflow counts include what the others folded in this scrape).
+/// Writes the directly written families of a scrape into `out`, the kernel-counted ones and
+/// the verdicts, and returns the counters the agent's own families export (whose overflow
+/// counts include what these folded in this scrape).
 pub fn scrape(
     snap: &Snapshot,
     analysis: &Analysis,
     series: &mut series::SeriesCap,
-    info: &agent::AgentInfo,
-    drops: agent::UserDrops<'_>,
     out: &mut exposition::Text,
-) {
+) -> agent::Counters {
     counts::render(snap, series, out);
     verdicts::render(analysis, series, out);
-    let drops = agent::UserDrops {
-        analysis: &analysis.drops(),
-        ..drops
-    };
-    agent::render(snap, series, info, drops, out);
+    agent::Counters::new(snap, &analysis.drops(), series)
 }
 
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeSet, time::Duration};
 
-    use super::{agent::AgentInfo, exposition::Text, series::SeriesCap, *};
+    use super::{
+        agent::{AgentInfo, AgentMetrics, Counters},
+        exposition::Text,
+        families::Writer,
+        series::SeriesCap,
+        *,
+    };
     use crate::{
         analyse::verdict::State,
         collect::{
@@ -85,11 +89,14 @@ mod tests {
         }
     }
 
+    /// The kernel-counted families of `snap`, then the agent's own with its counters.
     fn text(snap: &Snapshot, series: &mut SeriesCap) -> String {
         let mut out = Text::default();
         counts::render(snap, series, &mut out);
-        agent::render(snap, series, &info(), agent::UserDrops::default(), &mut out);
-        out.finish()
+        let mut text = out.finish();
+        let agent = AgentMetrics::new(&info()).unwrap();
+        agent.encode(Counters::new(snap, &[], series), &mut text).unwrap();
+        text
     }
 
     #[test]
@@ -155,9 +162,10 @@ refusal_inbound_refused_total{local_addr="10.0.0.1",local_port="8080"} 9
 refusal_inbound_refused_total{local_addr="other",local_port="other"} 5
 # HELP refusal_agent_build_info Agent version, the git revision it was built from, and the kernel it runs on.
 # TYPE refusal_agent_build_info gauge
-refusal_agent_build_info{version="0.1.0",revision="1b92d99",kernel="6.18.0"} 1
+refusal_agent_build_info{kernel="6.18.0",revision="1b92d99",version="0.1.0"} 1
 "#;
         let text = text(&snap, &mut SeriesCap::new(10));
+        // No bpf stats: the registry's first family (by name) is left out, not written empty.
         assert!(text.starts_with(expected), "{text}");
         for line in [
             "refusal_agent_probe_attached{hook=\"state\",mode=\"tp_btf\"} 1\n",
@@ -172,8 +180,9 @@ refusal_agent_build_info{version="0.1.0",revision="1b92d99",kernel="6.18.0"} 1
         }
         // An opt-in hook left off (no report) is not missing: no series to alert on.
         assert!(!text.contains("hook=\"connect_sync\""), "{text}");
-        // No bpf stats: those families are left out, not written empty.
         assert!(!text.contains("refusal_agent_bpf_runs_total"), "{text}");
+        // Both writers, one exposition.
+        families::check(&text).unwrap();
     }
 
     #[test]
@@ -424,52 +433,25 @@ refusal_agent_build_info{version="0.1.0",revision="1b92d99",kernel="6.18.0"} 1
         a.update(&snap, Duration::from_secs(14));
         a.listed(Some(vec![]), Duration::from_secs(14));
         let mut out = Text::default();
-        scrape(
-            &snap,
-            &a,
-            &mut SeriesCap::new(100),
-            &info(),
-            Default::default(),
-            &mut out,
-        );
-        let text = out.finish();
-        let mut written = BTreeSet::new();
-        for line in text.lines() {
-            if let Some(typed) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = typed.split_once(' ').unwrap();
-                let family = families::ALL.iter().find(|f| f.name == name).expect(name);
-                assert_eq!(kind, family.kind.name(), "{name}");
-                written.insert(name);
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            let (series, _) = line.rsplit_once(' ').unwrap();
-            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
-            let family = (families::ALL.iter())
-                .find(|f| {
-                    [
-                        name,
-                        name.trim_end_matches("_bucket"),
-                        name.trim_end_matches("_sum"),
-                        name.trim_end_matches("_count"),
-                    ]
-                    .contains(&f.name)
-                })
-                .expect(name);
-            let mut names: Vec<&str> = labels
-                .trim_end_matches('}')
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .map(|p| p.split('=').next().unwrap())
-                .collect();
-            if name.ends_with("_bucket") {
-                assert_eq!(names.pop(), Some("le"), "{line}");
-            }
-            assert_eq!(names, family.labels, "{line}");
-        }
-        let all: BTreeSet<&str> = families::ALL.iter().map(|f| f.name).collect();
+        let mut series = SeriesCap::new(100);
+        let counters = scrape(&snap, &a, &mut series, &mut out);
+        let mut text = out.finish();
+        let direct = families::check(&text).unwrap();
+        AgentMetrics::new(&info()).unwrap().encode(counters, &mut text).unwrap();
+        let written = families::check(&text).unwrap();
+        let of = |writer| -> BTreeSet<&str> {
+            (families::ALL.iter())
+                .filter(|f| f.writer == writer)
+                .map(|f| f.name)
+                .collect()
+        };
+        assert_eq!(direct, of(Writer::Direct), "the direct writer's families");
+        // The process collector is the daemon's (agent-user's `serve::metrics` tests it).
+        let all: BTreeSet<&str> = families::ALL
+            .iter()
+            .map(|f| f.name)
+            .filter(|n| !n.starts_with("process_"))
+            .collect();
         assert_eq!(written, all, "families never written");
     }
 }

@@ -24,7 +24,7 @@ use crate::{
         self, caps, loader,
         pins::{self, PinError, Pins},
     },
-    serve::{self, http, state::State},
+    serve::{self, http, metrics, state::State},
 };
 
 /// `run` from its arguments to its exit code: 2 for bad configuration, 1 for anything that
@@ -84,7 +84,7 @@ pub fn main(args: &RunArgs) -> ExitCode {
     match caps::drop_privileges(user.as_ref()) {
         // SAFETY: getuid cannot fail.
         Ok(kept) => {
-            tracing::info!(uid = unsafe { libc::getuid() }, kept = ?caps::names(kept), "privileges dropped")
+            tracing::info!(uid = unsafe { libc::getuid() }, kept = ?caps::names(&kept), "privileges dropped")
         }
         Err(e) => return fail(&e),
     }
@@ -130,6 +130,8 @@ pub enum DaemonError {
     Pins(#[from] PinError),
     #[error("the HTTP server ended: {0}")]
     Http(String),
+    #[error("the agent's metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A daemon that has attached its programs and bound its listener, not yet serving: the
@@ -246,7 +248,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
         collector,
         Analysis::new(cfg.thresholds(), seed, started),
         SeriesCap::new(cfg.max_series),
-        info,
+        metrics::agent_metrics(&info)?,
     );
     // Bound before privileges go, so a port below 1024 works with `--user`.
     let listener = std::net::TcpListener::bind(cfg.listen)
@@ -277,9 +279,9 @@ async fn serve(started: Started) -> Result<(), DaemonError> {
         source,
     })?;
     tracing::info!(listen = %cfg.listen, "serving /metrics, /healthz, /readyz, /api/targets");
-    let stats = Arc::new(http::Stats::default());
-    let endpoints = serve::endpoints(&state, &stats);
-    let mut http = tokio::spawn(http::serve(listener, endpoints, stats, cfg.web_config_file.clone()));
+    let endpoints = serve::endpoints(&state);
+    let rejected = state.metrics.http_rejected();
+    let mut http = tokio::spawn(http::serve(listener, endpoints, rejected, cfg.web_config_file.clone()));
 
     state.tick()?;
     state.set_ready();

@@ -2,39 +2,24 @@
 //! and the drop to what is still needed once the programs are attached.
 use std::ffi::CString;
 
-pub const CAP_DAC_READ_SEARCH: u32 = 2;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+use caps::{CapSet, Capability, CapsHashSet};
 
 /// Kept after attaching: CAP_BPF to read and write the maps (kernels before 6.5 check it on
 /// every bpf() call), CAP_DAC_READ_SEARCH to name new cgroups' workloads (open_by_handle_at).
-pub const KEPT: [(u32, &str); 2] = [(CAP_BPF, "CAP_BPF"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")];
+pub const KEPT: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_DAC_READ_SEARCH];
 
-/// Effective capability set of this process.
-pub fn effective() -> u64 {
-    status_field("CapEff:")
-}
-
-fn status_field(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_caps(&s, field))
-        .unwrap_or(0)
-}
-
-pub fn parse_caps(status: &str, field: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix(field))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
+/// Effective capability set of this process (empty if it cannot be read).
+pub fn effective() -> CapsHashSet {
+    caps::read(None, CapSet::Effective).unwrap_or_default()
 }
 
 /// The first capability needed to load and attach the programs that `caps` lacks.
-pub fn missing_for_bpf(caps: u64) -> Option<&'static str> {
-    let has = |c: u32| caps & (1u64 << c) != 0;
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+pub fn missing_for_bpf(caps: &CapsHashSet) -> Option<&'static str> {
+    let has = |c| caps.contains(&c) || caps.contains(&Capability::CAP_SYS_ADMIN);
+    if !has(Capability::CAP_BPF) {
         return Some("CAP_BPF (or CAP_SYS_ADMIN on kernels before 5.8)");
     }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+    if !has(Capability::CAP_PERFMON) {
         return Some("CAP_PERFMON (or CAP_SYS_ADMIN on kernels before 5.8)");
     }
     None
@@ -91,123 +76,92 @@ pub fn resolve_user(spec: &str) -> Result<Identity, String> {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("dropping privileges: {what}: {source}")]
+#[error("dropping privileges: {what}: {detail}")]
 pub struct DropError {
     what: &'static str,
-    source: std::io::Error,
+    detail: String,
 }
 
-fn check(what: &'static str, rc: libc::c_int) -> Result<(), DropError> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(DropError {
-            what,
-            source: std::io::Error::last_os_error(),
-        })
+fn check<E: std::fmt::Display>(what: &'static str, r: Result<(), E>) -> Result<(), DropError> {
+    r.map_err(|e| DropError {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// A libc call's return code as a result.
+fn rc(rc: libc::c_int) -> Result<(), std::io::Error> {
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
 /// Switches to `to` (if any) and keeps only [`KEPT`] (those this process has) in every set, with
 /// no_new_privs. Must run before any other thread starts: capabilities are per thread. Returns
 /// the capabilities kept.
-pub fn drop_privileges(to: Option<&Identity>) -> Result<u64, DropError> {
-    let keep = KEPT.iter().map(|(c, _)| 1u64 << c).fold(0, |a, b| a | b) & status_field("CapPrm:");
-    // SAFETY: prctl/setgroups/setres[ug]id/capset with valid arguments on this thread, before
-    // any other thread exists.
-    unsafe {
-        // Without CAP_SETPCAP the bounding set stays; it only matters across execve, which the
-        // daemon never does (and no_new_privs below forbids gaining anything through one).
-        let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(40);
-        for cap in (0..=last).filter(|c| keep & (1 << c) == 0) {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-        }
-        check(
-            "clearing ambient capabilities",
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ),
-        )?;
-        if let Some(id) = to {
-            check("PR_SET_KEEPCAPS", libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
-            check("setgroups", libc::setgroups(1, &id.gid))?;
-            check("setresgid", libc::setresgid(id.gid, id.gid, id.gid))?;
-            check("setresuid", libc::setresuid(id.uid, id.uid, id.uid))?;
-        }
-        let header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let data = [
-            CapData {
-                effective: keep as u32,
-                permitted: keep as u32,
-                inheritable: 0,
-            },
-            CapData {
-                effective: (keep >> 32) as u32,
-                permitted: (keep >> 32) as u32,
-                inheritable: 0,
-            },
-        ];
-        check(
-            "capset",
-            libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int,
-        )?;
-        check("no_new_privs", libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+pub fn drop_privileges(to: Option<&Identity>) -> Result<CapsHashSet, DropError> {
+    let permitted = caps::read(None, CapSet::Permitted).unwrap_or_default();
+    let keep: CapsHashSet = KEPT.into_iter().filter(|c| permitted.contains(c)).collect();
+    // Without CAP_SETPCAP the bounding set stays (each drop fails); it only matters across
+    // execve, which the daemon never does (and no_new_privs below forbids gaining anything
+    // through one).
+    for cap in caps::all().difference(&keep) {
+        let _ = caps::drop(None, CapSet::Bounding, *cap);
     }
+    check("clearing ambient capabilities", caps::clear(None, CapSet::Ambient))?;
+    if let Some(id) = to {
+        check("PR_SET_KEEPCAPS", caps::securebits::set_keepcaps(true))?;
+        // SAFETY: setgroups reads one gid from a local; setres[ug]id take plain ids. Before any
+        // other thread exists.
+        unsafe {
+            check("setgroups", rc(libc::setgroups(1, &id.gid)))?;
+            check("setresgid", rc(libc::setresgid(id.gid, id.gid, id.gid)))?;
+            check("setresuid", rc(libc::setresuid(id.uid, id.uid, id.uid)))?;
+        }
+    }
+    // Effective first: it must stay within the permitted set at every step.
+    check("capset effective", caps::set(None, CapSet::Effective, &keep))?;
+    check("capset permitted", caps::set(None, CapSet::Permitted, &keep))?;
+    check("capset inheritable", caps::clear(None, CapSet::Inheritable))?;
+    // SAFETY: prctl with plain integer arguments.
+    check(
+        "no_new_privs",
+        rc(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
+    )?;
     Ok(keep)
 }
 
-/// Names of the capabilities in `mask` among [`KEPT`].
-pub fn names(mask: u64) -> Vec<&'static str> {
+/// Names of the capabilities in `kept`, in [`KEPT`]'s order.
+pub fn names(kept: &CapsHashSet) -> Vec<String> {
     KEPT.iter()
-        .filter(|(c, _)| mask & (1 << c) != 0)
-        .map(|(_, n)| *n)
+        .filter(|c| kept.contains(c))
+        .map(ToString::to_string)
         .collect()
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn set(caps: &[Capability]) -> CapsHashSet {
+        caps.iter().copied().collect()
+    }
+
     #[test]
-    fn parses_and_checks() {
-        let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
-        let all = parse_caps(status, "CapEff:").unwrap();
-        assert_eq!(missing_for_bpf(all), None);
+    fn names_what_is_missing() {
+        use Capability::*;
+        assert_eq!(missing_for_bpf(&caps::all()), None);
         assert_eq!(
-            missing_for_bpf(0).unwrap(),
+            missing_for_bpf(&set(&[])).unwrap(),
             "CAP_BPF (or CAP_SYS_ADMIN on kernels before 5.8)"
         );
         assert_eq!(
-            missing_for_bpf(1 << CAP_BPF).unwrap(),
+            missing_for_bpf(&set(&[CAP_BPF])).unwrap(),
             "CAP_PERFMON (or CAP_SYS_ADMIN on kernels before 5.8)"
         );
-        assert_eq!(missing_for_bpf((1 << CAP_BPF) | (1 << CAP_PERFMON)), None);
-        assert_eq!(missing_for_bpf(1 << CAP_SYS_ADMIN), None);
+        assert_eq!(missing_for_bpf(&set(&[CAP_BPF, CAP_PERFMON])), None);
+        assert_eq!(missing_for_bpf(&set(&[CAP_SYS_ADMIN])), None);
     }
 
     #[test]
@@ -215,6 +169,9 @@ mod tests {
         assert_eq!(resolve_user("root").unwrap(), Identity { uid: 0, gid: 0 });
         assert_eq!(resolve_user("4242").unwrap().uid, 4242);
         assert!(resolve_user("no-such-user-here").unwrap_err().contains("no user named"));
-        assert_eq!(names((1 << CAP_BPF) | (1 << CAP_PERFMON)), ["CAP_BPF"]);
+        assert_eq!(
+            names(&set(&[Capability::CAP_PERFMON, Capability::CAP_BPF])),
+            ["CAP_BPF"]
+        );
     }
 }

@@ -67,7 +67,7 @@ pub struct Kernel {
 
 /// Checks privileges, mounts tracefs when missing, reads BTF and resolves offsets.
 pub fn prepare() -> Result<Kernel, LoadError> {
-    if let Some(cap) = caps::missing_for_bpf(caps::effective()) {
+    if let Some(cap) = caps::missing_for_bpf(&caps::effective()) {
         return Err(LoadError::Privilege(cap));
     }
     if let Err(e) = tracefs::ensure_mounted() {

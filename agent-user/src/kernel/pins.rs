@@ -8,8 +8,8 @@
 //! refusal is missed and none is counted twice.
 use std::{
     collections::BTreeMap,
-    fs::File,
-    os::{fd::AsRawFd, unix::fs::chown},
+    fs::{File, TryLockError},
+    os::unix::fs::chown,
     path::{Path, PathBuf},
 };
 
@@ -103,17 +103,15 @@ impl Pins {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         let lock = File::open(dir).map_err(io(dir))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => PinError::Busy(dir.to_path_buf()),
-                _ => PinError::Io {
-                    path: dir.to_path_buf(),
-                    source: e,
-                },
-            });
-        }
+        // An exclusive flock(2) on Linux, as earlier daemons took it; released when the
+        // process ends, however it ends.
+        lock.try_lock().map_err(|e| match e {
+            TryLockError::WouldBlock => PinError::Busy(dir.to_path_buf()),
+            TryLockError::Error(source) => PinError::Io {
+                path: dir.to_path_buf(),
+                source,
+            },
+        })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             _lock: lock,

@@ -12,14 +12,14 @@ use hyper::body::Bytes;
 use self::state::State;
 use crate::kernel::loader::error_chain;
 
-/// The endpoints over `state`; `stats` is the HTTP server's, whose counts `/metrics` reports.
-pub fn endpoints(state: &Arc<State>, stats: &Arc<http::Stats>) -> http::Endpoints {
-    let (scraped, stats) = (state.clone(), stats.clone());
+/// The endpoints over `state`.
+pub fn endpoints(state: &Arc<State>) -> http::Endpoints {
+    let scraped = state.clone();
     let targets = state.clone();
     let ready = state.clone();
     http::Endpoints {
         metrics: Arc::new(move || {
-            metrics::scrape(&scraped, stats.rejected_connections())
+            metrics::scrape(&scraped)
                 .map(Bytes::from_owner)
                 .map_err(|e| error_chain(&e))
         }),

@@ -1,14 +1,17 @@
 //! What the tick and the HTTP endpoints share: the collector (and through it the attached
-//! programs), the analysis, the series caps and what the agent knows about itself.
+//! programs), the analysis, the series caps and the agent's own metrics.
 use std::sync::{
     Mutex, MutexGuard,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{AtomicBool, Ordering},
 };
 
 use agent_core::{
     analyse::analysis::Analysis,
     collect::snapshot::Snapshot,
-    serve::{agent::AgentInfo, series::SeriesCap},
+    serve::{
+        agent::{AgentMetrics, During},
+        series::SeriesCap,
+    },
 };
 
 use crate::{
@@ -20,19 +23,11 @@ pub struct State {
     collector: Mutex<Collector>,
     analysis: Mutex<Analysis>,
     series: Mutex<SeriesCap>,
-    pub info: AgentInfo,
+    /// The agent's own families (failed collections are counted there).
+    pub metrics: AgentMetrics,
     ready: AtomicBool,
     /// Whether the last collection, tick or scrape, succeeded.
     collecting: AtomicBool,
-    /// Failed collections, by [`During`].
-    failed: [AtomicU64; 2],
-}
-
-/// What a collection was for, in the order of `UserDrops::collections_failed`.
-#[derive(Clone, Copy, Debug)]
-enum During {
-    Tick,
-    Scrape,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,15 +36,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    pub fn new(collector: Collector, analysis: Analysis, series: SeriesCap, info: AgentInfo) -> Self {
+    pub fn new(collector: Collector, analysis: Analysis, series: SeriesCap, metrics: AgentMetrics) -> Self {
         Self {
             collector: Mutex::new(collector),
             analysis: Mutex::new(analysis),
             series: Mutex::new(series),
-            info,
+            metrics,
             ready: AtomicBool::new(false),
             collecting: AtomicBool::new(true),
-            failed: Default::default(),
         }
     }
 
@@ -63,13 +57,8 @@ impl State {
     fn account(&self, during: During, ok: bool) {
         self.collecting.store(ok, Ordering::Release);
         if !ok {
-            self.failed[during as usize].fetch_add(1, Ordering::Relaxed);
+            self.metrics.collection_failed(during);
         }
-    }
-
-    /// Failed collections for the tick and for scrapes.
-    pub fn failed(&self) -> [u64; 2] {
-        self.failed.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     pub fn analysis(&self) -> MutexGuard<'_, Analysis> {

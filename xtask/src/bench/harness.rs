@@ -32,7 +32,7 @@ pub(super) fn prepare(o: &Opts) -> Result<()> {
 }
 
 /// Smoke runs use the debug build the tests already made; measurements use release.
-fn bin(name: &str) -> PathBuf {
+pub(super) fn bin(name: &str) -> PathBuf {
     let profile = if SMOKE.get().copied().unwrap_or(false) {
         "debug"
     } else {

@@ -1,7 +1,7 @@
 //! The HTTP endpoints, hardened against misbehaving clients:
 //!
 //! - at most [`MAX_CONNECTIONS`] connections are served at once; past that a new connection
-//!   gets a best-effort `503` and is closed at once, counted in [`Stats`];
+//!   gets a best-effort `503` and is closed at once, counted (`refusal_agent_http_rejected_connections_total`);
 //! - a request head must arrive within [`HEADER_READ_TIMEOUT`] (slowloris), fit in
 //!   [`MAX_BUF`] bytes (else `431`), and be GET or HEAD; request bodies are never read;
 //! - a connection with no request in flight and no byte moving either way for
@@ -27,15 +27,13 @@ use std::{
     io::{self, Write as _},
     os::fd::AsRawFd,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use agent_core::config::web::AuthCache;
 use hyper::body::Bytes;
+use prometheus::IntCounter;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use self::{coalesce::Coalesced, site::WebSource};
@@ -74,19 +72,6 @@ pub struct Endpoints {
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
-/// The server's own counts, for the agent's metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections closed at once because [`MAX_CONNECTIONS`] were being served.
-    rejected: AtomicU64,
-}
-
-impl Stats {
-    pub fn rejected_connections(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
-    }
-}
-
 /// Sent (best effort, one non-blocking write) to a plain-HTTP connection past the cap.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\
 Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
@@ -106,7 +91,8 @@ struct Server {
 pub async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
-    stats: Arc<Stats>,
+    // Connections closed at once because [`MAX_CONNECTIONS`] were being served.
+    rejected: IntCounter,
     web_config: Option<PathBuf>,
 ) -> io::Error {
     let mut web = match WebSource::new(web_config) {
@@ -156,7 +142,7 @@ pub async fn serve(
         };
         let site = web.current();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let total = stats.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+            rejected.inc();
             // One non-blocking write straight to the socket (the reactor has not seen it
             // writable yet), then close.
             if let Ok(std_stream) = stream.into_std()
@@ -167,7 +153,7 @@ pub async fn serve(
             if shed_log.ready() {
                 tracing::warn!(
                     max = MAX_CONNECTIONS,
-                    rejected_total = total,
+                    rejected_total = rejected.get(),
                     "connection cap reached: closing new connections"
                 );
             }
