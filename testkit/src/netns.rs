@@ -45,12 +45,19 @@ impl Netns {
     /// Joins this namespace to `peer` by a veth pair of their own, on `10.210.<n>.0/24` and
     /// `fd00:210:<n>::/64` (`n` this one's): returns the peer's addresses on it, IPv4 and IPv6.
     /// Traffic between the two never crosses the host's stack, so each one's counters are its own.
+    /// Neighbours are static: a first SYN never waits on address resolution (IPv6's waits for
+    /// the new link-local address to leave DAD).
     pub fn link(&self, peer: &Netns) -> [String; 2] {
         let (n, name, pname) = (self.n, &self.name, &peer.name);
+        let (mac, pmac) = (format!("02:00:00:d2:{n:02x}:01"), format!("02:00:00:d2:{n:02x}:02"));
         sh(&format!(
-            "ip link add rfl{n} netns {name} type veth peer name rfp{n} netns {pname} \
+            "ip link add rfl{n} address {mac} netns {name} type veth peer name rfp{n} address {pmac} netns {pname} \
              && ip -n {name} addr add 10.210.{n}.1/24 dev rfl{n} && ip -n {name} -6 addr add fd00:210:{n}::1/64 dev rfl{n} nodad \
              && ip -n {pname} addr add 10.210.{n}.2/24 dev rfp{n} && ip -n {pname} -6 addr add fd00:210:{n}::2/64 dev rfp{n} nodad \
+             && ip -n {name} neigh add 10.210.{n}.2 lladdr {pmac} dev rfl{n} nud permanent \
+             && ip -n {name} neigh add fd00:210:{n}::2 lladdr {pmac} dev rfl{n} nud permanent \
+             && ip -n {pname} neigh add 10.210.{n}.1 lladdr {mac} dev rfp{n} nud permanent \
+             && ip -n {pname} neigh add fd00:210:{n}::1 lladdr {mac} dev rfp{n} nud permanent \
              && ip -n {name} link set rfl{n} up && ip -n {pname} link set rfp{n} up"
         ));
         [format!("10.210.{n}.2"), format!("fd00:210:{n}::2")]
