@@ -1,4 +1,6 @@
 use anyhow::{Context as _, anyhow};
+use std::path::PathBuf;
+
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
@@ -20,14 +22,24 @@ fn main() -> anyhow::Result<()> {
     // against its libLLVM (aya-build's default would be nightly).
     let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
-    aya_build::build_ebpf(
-        [Package {
+    let build = |features: &[&str]| {
+        let package = Package {
             name: ebpf.name.as_str(),
             root_dir: root_dir.as_str(),
+            features,
             ..Default::default()
-        }],
-        Toolchain::Custom(&toolchain),
-    )
+        };
+        aya_build::build_ebpf([package], Toolchain::Custom(&toolchain))
+    };
+    // The same programs with every aya-log call compiled out, for tests/kernel_log.rs, which
+    // compares their verified instruction counts with the real ones': first, since both land
+    // under the bin's name.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    build(&["no-log"])?;
+    let no_log = out_dir.join("refusal-agent-ebpf-no-log");
+    std::fs::rename(out_dir.join("refusal-agent-ebpf"), &no_log).context("keeping the no-log object")?;
+    println!("cargo:rustc-env=REFUSAL_EBPF_NO_LOG={}", no_log.display());
+    build(&[])
 }
 
 /// `REFUSAL_AGENT_REVISION` for `--version` and `refusal_agent_build_info{revision}`: the git

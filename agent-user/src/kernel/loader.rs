@@ -3,7 +3,7 @@
 //! log, `check` and `refusal_agent_probe_attached`.
 use agent_common::{config, names};
 use agent_core::{
-    config::AttachMode,
+    config::{AttachMode, KernelLog},
     kernel::{
         btf,
         hooks::{Attach, HOOKS, Hook, HookReport, explain, programs, tp_btf_fits, wanted},
@@ -15,7 +15,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, TracePoint, links::FdLink},
 };
 
-use crate::kernel::{caps, offsets, offsets::Resolved, pins::Plan, tracefs};
+use crate::kernel::{caps, kernel_log, offsets, offsets::Resolved, pins::Plan, tracefs};
 
 /// The embedded kernel object, built by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf"));
@@ -95,8 +95,10 @@ pub enum Flavor {
     Empty,
 }
 
-pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
+/// `log`: the level of the programs' own log (`kernel_log`), fixed for this copy.
+pub fn load(kernel: &Kernel, flavor: Flavor, log: KernelLog, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
     let (emit, empty) = (u8::from(flavor == Flavor::Trace), u8::from(flavor == Flavor::Empty));
+    let log = kernel_log::global(log);
     let generation = pins.map_or(0, |p| p.generation);
     let mut loader = EbpfLoader::new();
     loader
@@ -105,7 +107,8 @@ pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf
         .override_global(names::TCP_RCV, &kernel.resolved.tcp_rcv, true)
         .override_global(names::EMIT_EVENTS, &emit, true)
         .override_global(names::EMPTY_PROGRAMS, &empty, true)
-        .override_global(names::GENERATION, &generation, true);
+        .override_global(names::GENERATION, &generation, true)
+        .override_global(kernel_log::LEVEL, &log, true);
     for (name, path) in pins.iter().flat_map(|p| &p.maps) {
         loader.map_pin_path(name, path.as_path());
     }
@@ -121,9 +124,10 @@ pub fn load_and_attach(
     mode: AttachMode,
     opt_in: &[&str],
     flavor: Flavor,
+    log: KernelLog,
     pins: Option<&Plan>,
 ) -> Result<Loaded, LoadError> {
-    let mut ebpf = load(kernel, flavor, pins)?;
+    let mut ebpf = load(kernel, flavor, log, pins)?;
     let mut links = pins.map(|_| Vec::new());
     let mut hooks: Vec<HookReport> = Vec::new();
     let mut inbound_by_send_reset = false;
@@ -234,7 +238,7 @@ pub type Probe = (&'static str, Vec<(AttachMode, Result<(), String>)>);
 /// Tries every mode of every hook, for `check`. No two modes share a program, so one object
 /// serves every attempt (a load per attempt made `check` take 35 s on an emulated CPU).
 pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
-    let mut ebpf = load(kernel, Flavor::Daemon, None)?;
+    let mut ebpf = load(kernel, Flavor::Daemon, KernelLog::Off, None)?;
     let mut out: Vec<Probe> = Vec::new();
     for hook in HOOKS {
         let mut modes = Vec::new();
