@@ -97,6 +97,16 @@ pub enum Flavor {
 
 /// `log`: the level of the programs' own log (`kernel_log`), fixed for this copy.
 pub fn load(kernel: &Kernel, flavor: Flavor, log: KernelLog, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
+    load_object(OBJECT, kernel, flavor, log, pins)
+}
+
+fn load_object(
+    object: &[u8],
+    kernel: &Kernel,
+    flavor: Flavor,
+    log: KernelLog,
+    pins: Option<&Plan>,
+) -> Result<Ebpf, LoadError> {
     let (emit, empty) = (u8::from(flavor == Flavor::Trace), u8::from(flavor == Flavor::Empty));
     let log = kernel_log::global(log);
     let generation = pins.map_or(0, |p| p.generation);
@@ -108,11 +118,12 @@ pub fn load(kernel: &Kernel, flavor: Flavor, log: KernelLog, pins: Option<&Plan>
         .override_global(names::EMIT_EVENTS, &emit, true)
         .override_global(names::EMPTY_PROGRAMS, &empty, true)
         .override_global(names::GENERATION, &generation, true)
-        .override_global(kernel_log::LEVEL, &log, true);
+        // Absent from an object without log calls (the `no-log` build).
+        .override_global(kernel_log::LEVEL, &log, false);
     for (name, path) in pins.iter().flat_map(|p| &p.maps) {
         loader.map_pin_path(name, path.as_path());
     }
-    loader.load(OBJECT).map_err(LoadError::Object)
+    loader.load(object).map_err(LoadError::Object)
 }
 
 /// Loads the object and attaches every hook (of the opt-in ones, those named in `opt_in`),
@@ -238,7 +249,27 @@ pub type Probe = (&'static str, Vec<(AttachMode, Result<(), String>)>);
 /// Tries every mode of every hook, for `check`. No two modes share a program, so one object
 /// serves every attempt (a load per attempt made `check` take 35 s on an emulated CPU).
 pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
-    let mut ebpf = load(kernel, Flavor::Daemon, KernelLog::Off, None)?;
+    probe_object(OBJECT, kernel, KernelLog::Off).map(|(probes, _)| probes)
+}
+
+/// How many instructions the verifier went through for each program of `object` this kernel
+/// loads in some mode (5.16+; `None` before), as the daemon would load it with the programs'
+/// log at `log`: `tests/kernel_log.rs` compares the daemon's programs with the same built
+/// without logging.
+pub fn verified_instructions(
+    object: &[u8],
+    kernel: &Kernel,
+    log: KernelLog,
+) -> Result<Vec<(String, Option<u32>)>, LoadError> {
+    let (_, ebpf) = probe_object(object, kernel, log)?;
+    Ok(ebpf
+        .programs()
+        .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.verified_instruction_count())))
+        .collect())
+}
+
+fn probe_object(object: &[u8], kernel: &Kernel, log: KernelLog) -> Result<(Vec<Probe>, Ebpf), LoadError> {
+    let mut ebpf = load_object(object, kernel, Flavor::Daemon, log, None)?;
     let mut out: Vec<Probe> = Vec::new();
     for hook in HOOKS {
         let mut modes = Vec::new();
@@ -258,7 +289,7 @@ pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
         }
         out.push((hook.name, modes));
     }
-    Ok(out)
+    Ok((out, ebpf))
 }
 
 fn unload(ebpf: &mut Ebpf, attach: &Attach) {
