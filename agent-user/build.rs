@@ -1,6 +1,6 @@
-use anyhow::{Context as _, anyhow};
 use std::path::PathBuf;
 
+use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {

@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// Benchmarks only: attach programs that return at once (the cost floor).
     #[arg(long, hide = true)]
     pub bench_empty_programs: bool,
+    /// Tests only: the programs read each socket's family where its protocol is, so every TCP
+    /// failure meets an unknown family (and goes uncounted): tests/kernel_log.rs.
+    #[arg(long, hide = true)]
+    pub test_unknown_family: bool,
     /// Web config file (TLS, basic auth) in the Prometheus exporter-toolkit format.
     #[arg(long = "web.config.file", env = "REFUSAL_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,

@@ -300,7 +300,9 @@ impl KernelLog {
             let t = t.trim();
             (!t.is_empty() && !t.contains('[') && target.starts_with(t)).then_some((t.len(), level))
         });
-        named.max_by_key(|(len, _)| *len).map_or(KernelLog::Off, |(_, level)| level)
+        named
+            .max_by_key(|(len, _)| *len)
+            .map_or(KernelLog::Off, |(_, level)| level)
     }
 
     fn parse(level: &str) -> Option<KernelLog> {
@@ -419,12 +421,21 @@ mod tests {
         let t = "refusal_agent::ebpf";
         assert_eq!(KernelLog::from_filter("info", t), KernelLog::Off);
         assert_eq!(KernelLog::from_filter("debug,hyper=warn", t), KernelLog::Off);
-        assert_eq!(KernelLog::from_filter("info,refusal_agent::ebpf=debug", t), KernelLog::Debug);
+        assert_eq!(
+            KernelLog::from_filter("info,refusal_agent::ebpf=debug", t),
+            KernelLog::Debug
+        );
         assert_eq!(KernelLog::from_filter("refusal_agent=trace", t), KernelLog::Trace);
         assert_eq!(KernelLog::from_filter("refusal_agent::ebpf", t), KernelLog::Trace);
-        assert_eq!(KernelLog::from_filter("refusal_agent=debug,refusal_agent::ebpf=off", t), KernelLog::Off);
+        assert_eq!(
+            KernelLog::from_filter("refusal_agent=debug,refusal_agent::ebpf=off", t),
+            KernelLog::Off
+        );
         assert_eq!(KernelLog::from_filter("refusal_agent::ebpf=WARN", t), KernelLog::Warn);
-        assert_eq!(KernelLog::from_filter("refusal_agent::collect=debug", t), KernelLog::Off);
+        assert_eq!(
+            KernelLog::from_filter("refusal_agent::collect=debug", t),
+            KernelLog::Off
+        );
         assert_eq!(KernelLog::from_filter("refusal_agent::ebpf=loud", t), KernelLog::Off);
         assert_eq!(KernelLog::from_filter("refusal_agent[tick]=debug", t), KernelLog::Off);
     }
@@ -448,7 +459,10 @@ mod tests {
         assert!(e.contains("min_attempts"), "{e}");
         let e = Config::from_toml("kernel_log = \"loud\"").unwrap_err();
         assert!(e.contains("kernel_log") && e.contains("`debug`"), "{e}");
-        assert_eq!(Config::from_toml("kernel_log = \"warn\"").unwrap().kernel_log, KernelLog::Warn);
+        assert_eq!(
+            Config::from_toml("kernel_log = \"warn\"").unwrap().kernel_log,
+            KernelLog::Warn
+        );
         let c = Config {
             min_attempts: 0,
             ..Config::default()

@@ -90,7 +90,9 @@ fn text(value: &[u8]) -> Result<String, Malformed> {
 }
 
 fn u32_of(value: &[u8]) -> Result<u32, Malformed> {
-    Ok(u32::from_le_bytes(value.try_into().map_err(|_| Malformed("not a u32"))?))
+    Ok(u32::from_le_bytes(
+        value.try_into().map_err(|_| Malformed("not a u32"))?,
+    ))
 }
 
 pub fn decode(record: &[u8]) -> Result<Record, Malformed> {
@@ -174,8 +176,16 @@ fn argument(out: &mut String, k: u8, v: &[u8], hint: Option<u8>) -> Result<(), M
             }
         }
         kind::U8..=kind::USIZE => hex(out, u128::from_le_bytes(int(v)?)),
-        kind::F32 => write!(out, "{}", f32::from_le_bytes(v.try_into().map_err(|_| Malformed("not an f32"))?)),
-        kind::F64 => write!(out, "{}", f64::from_le_bytes(v.try_into().map_err(|_| Malformed("not an f64"))?)),
+        kind::F32 => write!(
+            out,
+            "{}",
+            f32::from_le_bytes(v.try_into().map_err(|_| Malformed("not an f32"))?)
+        ),
+        kind::F64 => write!(
+            out,
+            "{}",
+            f64::from_le_bytes(v.try_into().map_err(|_| Malformed("not an f64"))?)
+        ),
         kind::IPV4 | kind::ARR_U8_LEN4 if hint.is_none_or(|h| h == hint::IP) || k == kind::IPV4 => {
             let b: [u8; 4] = v.try_into().map_err(|_| Malformed("not an IPv4 address"))?;
             write!(out, "{}", Ipv4Addr::from(b))
@@ -270,9 +280,18 @@ mod tests {
             argument(&mut s, k, v, h).map(|()| s)
         };
         assert_eq!(one(kind::I8 + 1, &(-3i16).to_le_bytes(), None), Ok("-3".into()));
-        assert_eq!(one(kind::I8 + 1, &(-1i16).to_le_bytes(), Some(hint::LOWER_HEX)), Ok("ffff".into()));
-        assert_eq!(one(kind::U8 + 3, &255u64.to_le_bytes(), Some(hint::UPPER_HEX)), Ok("FF".into()));
-        assert_eq!(one(kind::ARR_U8_LEN4, &[10, 0, 0, 7], Some(hint::IP)), Ok("10.0.0.7".into()));
+        assert_eq!(
+            one(kind::I8 + 1, &(-1i16).to_le_bytes(), Some(hint::LOWER_HEX)),
+            Ok("ffff".into())
+        );
+        assert_eq!(
+            one(kind::U8 + 3, &255u64.to_le_bytes(), Some(hint::UPPER_HEX)),
+            Ok("FF".into())
+        );
+        assert_eq!(
+            one(kind::ARR_U8_LEN4, &[10, 0, 0, 7], Some(hint::IP)),
+            Ok("10.0.0.7".into())
+        );
         let v6: [u8; 16] = "fd00::7".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(one(kind::ARR_U8_LEN16, &v6, Some(hint::IP)), Ok("fd00::7".into()));
         assert_eq!(one(kind::BYTES, &[0xab, 1], None), Ok("ab01".into()));

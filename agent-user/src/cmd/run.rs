@@ -74,7 +74,7 @@ pub fn main(args: &RunArgs) -> ExitCode {
         eprintln!("refusal-agent: {e}");
         ExitCode::from(1)
     };
-    let started = match start(cfg, flavor, kernel_log) {
+    let started = match start(cfg, flavor, kernel_log, args.test_unknown_family) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -157,9 +157,14 @@ struct Started {
 
 /// Loads and attaches (taking over from a predecessor's pinned programs), and binds the
 /// listener. `flavor` is [`loader::Flavor::Daemon`] except for the benchmarks' floor, which
-/// pins nothing; `log` the programs' own log level.
-fn start(cfg: Config, flavor: loader::Flavor, log: KernelLog) -> Result<Started, DaemonError> {
-    let kernel = loader::prepare()?;
+/// pins nothing; `log` the programs' own log level; `unknown_family` the kernel log's test
+/// condition (`--test-unknown-family`).
+fn start(cfg: Config, flavor: loader::Flavor, log: KernelLog, unknown_family: bool) -> Result<Started, DaemonError> {
+    let mut kernel = loader::prepare()?;
+    if unknown_family {
+        let o = &mut kernel.resolved.offsets;
+        o.skc_family = o.sk_protocol;
+    }
     for w in &kernel.resolved.warnings {
         tracing::warn!("{w}");
     }

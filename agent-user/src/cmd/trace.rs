@@ -100,7 +100,8 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool, host_root: &Path) ->
                     return Ok(());
                 }
             }
-            let malformed = kernel_log.drain(|r| eprintln!("kernel {:?}: {} ({}:{})", r.level, r.message, r.file, r.line));
+            let malformed =
+                kernel_log.drain(|r| eprintln!("kernel {:?}: {} ({}:{})", r.level, r.message, r.file, r.line));
             if malformed > 0 {
                 eprintln!("kernel log: {malformed} records could not be read");
             }

@@ -264,7 +264,11 @@ pub fn verified_instructions(
     let (_, ebpf) = probe_object(object, kernel, log)?;
     Ok(ebpf
         .programs()
-        .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.verified_instruction_count())))
+        .filter_map(|(name, p)| {
+            p.info()
+                .ok()
+                .map(|i| (name.to_string(), i.verified_instruction_count()))
+        })
         .collect())
 }
 

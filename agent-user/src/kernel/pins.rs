@@ -307,7 +307,11 @@ mod tests {
         ] {
             assert!(layouts.contains_key(name), "{name} in {layouts:?}");
         }
-        assert!(layouts.keys().all(|n| !n.starts_with('.') && n != names::EVENTS && n != kernel_log::RING));
+        assert!(
+            layouts
+                .keys()
+                .all(|n| !n.starts_with('.') && n != names::EVENTS && n != kernel_log::RING)
+        );
         assert_eq!(layouts[names::CONFIG].max_entries, config::COUNT);
     }
 }
