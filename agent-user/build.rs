@@ -31,14 +31,15 @@ fn main() -> anyhow::Result<()> {
         };
         aya_build::build_ebpf([package], Toolchain::Custom(&toolchain))
     };
-    // The same programs with every aya-log call compiled out, for tests/kernel_log.rs, which
-    // compares their verified instruction counts with the real ones': first, since both land
-    // under the bin's name.
+    // The same programs with every aya-log call compiled out, which the daemon loads while its
+    // log is off (kernel/loader.rs): first, since both land under the bin's name.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
     build(&["no-log"])?;
-    let no_log = out_dir.join("refusal-agent-ebpf-no-log");
-    std::fs::rename(out_dir.join("refusal-agent-ebpf"), &no_log).context("keeping the no-log object")?;
-    println!("cargo:rustc-env=REFUSAL_EBPF_NO_LOG={}", no_log.display());
+    std::fs::rename(
+        out_dir.join("refusal-agent-ebpf"),
+        out_dir.join("refusal-agent-ebpf-no-log"),
+    )
+    .context("keeping the no-log object")?;
     build(&[])
 }
 

@@ -3,12 +3,12 @@
 //! every connect takes, never for a full map (`DROPS` counts those): a record costs a ring
 //! buffer reservation and a wakeup.
 //!
-//! The level is aya-log's `AYA_LOG_LEVEL`, a frozen global the loader sets (`off` in the daemon
-//! unless asked for, `debug` in `trace`): the verifier sees it as a constant and drops the
-//! disabled calls, keeping only the level's load and compare on these error paths. Built with
-//! the `no-log` feature every call is empty: the baseline the verified instruction counts are
-//! compared with (agent-user's `tests/kernel_log.rs`). No pointer is ever logged: the verifier
-//! refuses it.
+//! The level is aya-log's `AYA_LOG_LEVEL`, a frozen global the loader sets (`debug` in `trace`,
+//! what `kernel_log` asks for in the daemon): the verifier sees it as a constant and drops the
+//! calls above it, keeping the level's load and compare on these error paths. Built with the
+//! `no-log` feature every call is empty: that build is the one a daemon whose log is off loads
+//! (agent-user's `kernel/loader.rs`), so off costs nothing at all. No pointer is ever logged:
+//! the verifier refuses it.
 
 /// A `bpf_probe_read_kernel` at `offset` from its base failed.
 #[inline(always)]

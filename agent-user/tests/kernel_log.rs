@@ -1,45 +1,55 @@
-//! The eBPF programs' own log (aya-log), against the real kernel: off by default it costs the
-//! verifier what the same programs built without logging cost, and on, a provoked condition
-//! reaches the daemon's log once per occurrence.
+//! The eBPF programs' own log (aya-log), against the real kernel: off (the default) the daemon's
+//! programs are those built without logging, to the verified instruction; on, a provoked
+//! condition reaches the daemon's log once per occurrence.
 use std::collections::BTreeMap;
 
 use agent_core::config::KernelLog;
 use refusal_agent::kernel::loader;
-use testkit::{Daemon, closed_port, privileged};
+use testkit::{Daemon, closed_port, privileged, program_ids};
 
 const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 
-/// The same programs with every log call compiled out (agent-user's build.rs, `no-log`).
-const NO_LOG: &str = env!("REFUSAL_EBPF_NO_LOG");
+/// The kernel's name of a program: its first 15 bytes.
+fn kernel_name(name: &str) -> String {
+    name.chars().take(15).collect()
+}
 
+/// With its log off (the default), the daemon runs the programs built without logging: each
+/// one's verified instruction count is theirs. Also prints what the programs with their log
+/// calls cost at `off` (the level's load and compare stay on each path through a call) and at
+/// `trace`, and checks the level reaches the verifier (`trace` costs more).
 #[test]
-fn disabled_logging_costs_the_verifier_nothing() {
-    if !privileged("disabled_logging_costs_the_verifier_nothing") {
+fn the_default_daemon_runs_the_programs_built_without_logging() {
+    if !privileged("the_default_daemon_runs_the_programs_built_without_logging") {
         return;
     }
     let kernel = loader::prepare().unwrap();
-    let no_log = std::fs::read(NO_LOG).unwrap();
     let count = |object: &[u8], log| -> BTreeMap<String, Option<u32>> {
-        loader::verified_instructions(object, &kernel, log)
-            .unwrap()
-            .into_iter()
-            .collect()
+        let counts = loader::verified_instructions(object, &kernel, log).unwrap();
+        counts.into_iter().map(|(name, n)| (kernel_name(&name), n)).collect()
     };
-    let with = count(loader::OBJECT, KernelLog::Off);
-    let without = count(&no_log, KernelLog::Off);
-    let on = count(loader::OBJECT, KernelLog::Trace);
-    eprintln!("{:<24} {:>8} {:>8} {:>8}", "program", "no-log", "off", "trace");
-    for (name, w) in &with {
-        let show = |c: Option<&Option<u32>>| c.copied().flatten().map_or("-".into(), |n| n.to_string());
-        eprintln!(
-            "{name:<24} {:>8} {:>8} {:>8}",
-            show(without.get(name)),
-            show(Some(w)),
-            show(on.get(name))
-        );
+    let no_log = count(loader::OBJECT_NO_LOG, KernelLog::Off);
+    let (off, trace) = (count(loader::OBJECT, KernelLog::Off), count(loader::OBJECT, KernelLog::Trace));
+    let d = Daemon::start(BIN, &[]);
+    let ids = program_ids(d.pid());
+    let daemon: BTreeMap<String, Option<u32>> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&u64::from(p.id())))
+        .map(|p| (p.name_as_str().unwrap_or_default().to_string(), p.verified_instruction_count()))
+        .collect();
+    assert_eq!(d.stop(), Some(0));
+    let show = |c: Option<&Option<u32>>| c.copied().flatten().map_or("-".into(), |n| n.to_string());
+    eprintln!("{:<16} {:>8} {:>8} {:>10} {:>10}", "program", "no-log", "daemon", "log: off", "log: trace");
+    for (name, n) in &no_log {
+        let (d, o, t) = (show(daemon.get(name)), show(off.get(name)), show(trace.get(name)));
+        eprintln!("{name:<16} {:>8} {d:>8} {o:>10} {t:>10}", show(Some(n)));
     }
-    assert!(!with.is_empty());
-    assert_eq!(with, without);
+    assert!(!daemon.is_empty());
+    for (name, n) in &daemon {
+        assert!(n.is_some(), "{name}: this kernel reports no verified instruction count (5.16+)");
+        assert_eq!(no_log.get(name), Some(n), "{name}");
+    }
+    assert!(off.iter().any(|(name, o)| trace[name] > *o), "the level does not reach the verifier");
 }
 
 /// `--test-unknown-family` makes every refused connect meet a socket of an unknown family, a
@@ -50,6 +60,9 @@ fn a_provoked_condition_is_logged_once_per_occurrence() {
     if !privileged("a_provoked_condition_is_logged_once_per_occurrence") {
         return;
     }
+    // Picked before the daemon starts: picking one listens on it, and a listener's family is
+    // read (and logged) too.
+    let (port, marker) = (closed_port(), closed_port());
     let d = Daemon::start(BIN, &["--test-unknown-family", "--kernel-log", "warn"]);
     let lines = |port: u16| {
         let want = format!("socket of unknown address family 6 (port {port})");
@@ -63,7 +76,6 @@ fn a_provoked_condition_is_logged_once_per_occurrence() {
             std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
         }
     };
-    let (port, marker) = (closed_port(), closed_port());
     refuse(port, 25);
     // Records leave the ring in order: once the marker's is in the log, every earlier one is.
     refuse(marker, 1);

@@ -20,6 +20,20 @@ use crate::kernel::{caps, kernel_log, offsets, offsets::Resolved, pins::Plan, tr
 /// The embedded kernel object, built by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf"));
 
+/// The same programs built without their log calls (`agent-ebpf`'s `no-log` feature), which a
+/// copy whose log is off loads: its programs are then, instruction for instruction, those of a
+/// build without logging. A disabled call still costs the verifier the level's load and
+/// compare on each path through it (`tests/kernel_log.rs` prints both counts).
+pub static OBJECT_NO_LOG: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf-no-log"));
+
+/// The object a copy with its log at `log` loads.
+pub fn object(log: KernelLog) -> &'static [u8] {
+    match log {
+        KernelLog::Off => OBJECT_NO_LOG,
+        _ => OBJECT,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("missing capability {0}: run as root or grant it (see README, Security)")]
@@ -97,7 +111,7 @@ pub enum Flavor {
 
 /// `log`: the level of the programs' own log (`kernel_log`), fixed for this copy.
 pub fn load(kernel: &Kernel, flavor: Flavor, log: KernelLog, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
-    load_object(OBJECT, kernel, flavor, log, pins)
+    load_object(object(log), kernel, flavor, log, pins)
 }
 
 fn load_object(
@@ -249,13 +263,12 @@ pub type Probe = (&'static str, Vec<(AttachMode, Result<(), String>)>);
 /// Tries every mode of every hook, for `check`. No two modes share a program, so one object
 /// serves every attempt (a load per attempt made `check` take 35 s on an emulated CPU).
 pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
-    probe_object(OBJECT, kernel, KernelLog::Off).map(|(probes, _)| probes)
+    probe_object(object(KernelLog::Off), kernel, KernelLog::Off).map(|(probes, _)| probes)
 }
 
 /// How many instructions the verifier went through for each program of `object` this kernel
-/// loads in some mode (5.16+; `None` before), as the daemon would load it with the programs'
-/// log at `log`: `tests/kernel_log.rs` compares the daemon's programs with the same built
-/// without logging.
+/// loads in some mode (5.16+; `None` before), loaded as the daemon loads it with the programs'
+/// log at `log`: `tests/kernel_log.rs` compares them with the daemon's own.
 pub fn verified_instructions(
     object: &[u8],
     kernel: &Kernel,
