@@ -313,5 +313,8 @@ mod tests {
                 .all(|n| !n.starts_with('.') && n != names::EVENTS && n != kernel_log::RING)
         );
         assert_eq!(layouts[names::CONFIG].max_entries, config::COUNT);
+        // Each copy reads its own log ring: one a predecessor shared would mix their records.
+        let object = aya_obj::Object::parse(crate::kernel::loader::OBJECT).unwrap();
+        assert!(object.maps.contains_key(kernel_log::RING));
     }
 }
