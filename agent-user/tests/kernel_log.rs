@@ -29,27 +29,44 @@ fn the_default_daemon_runs_the_programs_built_without_logging() {
         counts.into_iter().map(|(name, n)| (kernel_name(&name), n)).collect()
     };
     let no_log = count(loader::OBJECT_NO_LOG, KernelLog::Off);
-    let (off, trace) = (count(loader::OBJECT, KernelLog::Off), count(loader::OBJECT, KernelLog::Trace));
+    let (off, trace) = (
+        count(loader::OBJECT, KernelLog::Off),
+        count(loader::OBJECT, KernelLog::Trace),
+    );
     let d = Daemon::start(BIN, &[]);
     let ids = program_ids(d.pid());
     let daemon: BTreeMap<String, Option<u32>> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| ids.contains(&u64::from(p.id())))
-        .map(|p| (p.name_as_str().unwrap_or_default().to_string(), p.verified_instruction_count()))
+        .map(|p| {
+            (
+                p.name_as_str().unwrap_or_default().to_string(),
+                p.verified_instruction_count(),
+            )
+        })
         .collect();
     assert_eq!(d.stop(), Some(0));
     let show = |c: Option<&Option<u32>>| c.copied().flatten().map_or("-".into(), |n| n.to_string());
-    eprintln!("{:<16} {:>8} {:>8} {:>10} {:>10}", "program", "no-log", "daemon", "log: off", "log: trace");
+    eprintln!(
+        "{:<16} {:>8} {:>8} {:>10} {:>10}",
+        "program", "no-log", "daemon", "log: off", "log: trace"
+    );
     for (name, n) in &no_log {
         let (d, o, t) = (show(daemon.get(name)), show(off.get(name)), show(trace.get(name)));
         eprintln!("{name:<16} {:>8} {d:>8} {o:>10} {t:>10}", show(Some(n)));
     }
     assert!(!daemon.is_empty());
     for (name, n) in &daemon {
-        assert!(n.is_some(), "{name}: this kernel reports no verified instruction count (5.16+)");
+        assert!(
+            n.is_some(),
+            "{name}: this kernel reports no verified instruction count (5.16+)"
+        );
         assert_eq!(no_log.get(name), Some(n), "{name}");
     }
-    assert!(off.iter().any(|(name, o)| trace[name] > *o), "the level does not reach the verifier");
+    assert!(
+        off.iter().any(|(name, o)| trace[name] > *o),
+        "the level does not reach the verifier"
+    );
 }
 
 /// `--test-unknown-family` makes every refused connect meet a socket of an unknown family, a
