@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
@@ -20,14 +22,25 @@ fn main() -> anyhow::Result<()> {
     // against its libLLVM (aya-build's default would be nightly).
     let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
-    aya_build::build_ebpf(
-        [Package {
+    let build = |features: &[&str]| {
+        let package = Package {
             name: ebpf.name.as_str(),
             root_dir: root_dir.as_str(),
+            features,
             ..Default::default()
-        }],
-        Toolchain::Custom(&toolchain),
+        };
+        aya_build::build_ebpf([package], Toolchain::Custom(&toolchain))
+    };
+    // The same programs with every aya-log call compiled out, which the daemon loads while its
+    // log is off (kernel/loader.rs): first, since both land under the bin's name.
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    build(&["no-log"])?;
+    std::fs::rename(
+        out_dir.join("refusal-agent-ebpf"),
+        out_dir.join("refusal-agent-ebpf-no-log"),
     )
+    .context("keeping the no-log object")?;
+    build(&[])
 }
 
 /// `REFUSAL_AGENT_REVISION` for `--version` and `refusal_agent_build_info{revision}`: the git

@@ -10,7 +10,8 @@
 //! listen   (listener history)         → owner, count, sock, runtime, maps
 //! owner    (who a socket belongs to)  → count, sock, runtime, maps
 //! count    (what is counted)          → sock, runtime, maps
-//! sock     (kernel struct reads)      → runtime
+//! sock     (kernel struct reads)      → log, runtime
+//! log      (rare conditions, aya-log) → none
 //! runtime  (per-run helpers)          → maps
 //! maps     (shared with user space)   → none
 //! ```
@@ -21,6 +22,7 @@ mod connect;
 mod count;
 mod error_report;
 mod listen;
+mod log;
 mod maps;
 mod owner;
 mod reset;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::runtime;
+use crate::{log, runtime};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -103,7 +103,10 @@ pub(crate) use off;
 #[inline(always)]
 pub fn read<T>(base: *const u8, offset: u32) -> Result<T, u32> {
     // SAFETY: bpf_probe_read_kernel validates the address; a fault returns an error.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(|_| 0)
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(|_| {
+        log::read_failed(offset);
+        0
+    })
 }
 
 /// A field of a classic tracepoint's record at `offset` (from its format file), expected at
@@ -193,7 +196,10 @@ pub fn peer<M: Mem>(sk: *const u8) -> Result<(Addr, u16), u32> {
     let daddr = match family {
         AF_INET => mapped(M::get(sk, off!(skc_daddr))?),
         AF_INET6 => M::get(sk, off!(skc_v6_daddr))?,
-        _ => return Err(0),
+        _ => {
+            log::unknown_family(family, dport);
+            return Err(0);
+        }
     };
     Ok((daddr, dport))
 }
@@ -206,7 +212,10 @@ pub fn local<M: Mem>(sk: *const u8) -> Result<(u16, Addr, u16), u32> {
     let addr = match family {
         AF_INET => mapped(M::get(sk, off!(skc_rcv_saddr))?),
         AF_INET6 => M::get(sk, off!(skc_v6_rcv_saddr))?,
-        _ => return Err(0),
+        _ => {
+            log::unknown_family(family, port);
+            return Err(0);
+        }
     };
     Ok((family, addr, port))
 }
@@ -442,7 +451,10 @@ impl Packet {
         match self.ip[0] as u8 >> 4 {
             4 => Ok(true),
             6 => Ok(false),
-            _ => Err(0),
+            v => {
+                log::not_ip(v);
+                Err(0)
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! over the config file, which wins over the defaults in `agent_core::config`.
 use std::{net::SocketAddr, path::PathBuf};
 
-use agent_core::config::{AttachMode, Config, ConfigError, HumanDuration, LogFormat};
+use agent_core::config::{AttachMode, Config, ConfigError, HumanDuration, KernelLog, LogFormat};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// [default: text].
     #[arg(long, value_enum, env = "REFUSAL_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// The eBPF programs' own log (failed probe reads, unknown families), under the target
+    /// refusal_agent::ebpf; fixed at load [default: off, unless REFUSAL_LOG enables that target].
+    #[arg(long, value_enum, env = "REFUSAL_KERNEL_LOG")]
+    pub kernel_log: Option<KernelLog>,
     /// Force one attach mode for every hook that offers it [default: auto].
     #[arg(long, value_enum, env = "REFUSAL_ATTACH")]
     pub attach: Option<AttachMode>,
@@ -102,6 +106,10 @@ pub struct RunArgs {
     /// Benchmarks only: attach programs that return at once (the cost floor).
     #[arg(long, hide = true)]
     pub bench_empty_programs: bool,
+    /// Tests only: the programs read each socket's family where its protocol is, so every TCP
+    /// failure meets an unknown family (and goes uncounted): tests/kernel_log.rs.
+    #[arg(long, hide = true)]
+    pub test_unknown_family: bool,
     /// Web config file (TLS, basic auth) in the Prometheus exporter-toolkit format.
     #[arg(long = "web.config.file", env = "REFUSAL_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
@@ -144,6 +152,7 @@ impl RunArgs {
             advice_min_cold_starts,
             max_series,
             log_format,
+            kernel_log,
             attach,
             pin_dir,
             host_root
@@ -225,6 +234,15 @@ mod tests {
         let e = run_args(&["--host-root", "host"]).unwrap().config().unwrap_err();
         assert!(e.to_string().contains("host_root"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn kernel_log_from_flag_or_file() {
+        assert_eq!(run_args(&[]).unwrap().config().unwrap().kernel_log, KernelLog::Off);
+        let c = run_args(&["--kernel-log", "debug"]).unwrap().config().unwrap();
+        assert_eq!(c.kernel_log, KernelLog::Debug);
+        let e = run_args(&["--kernel-log", "loud"]).unwrap_err();
+        assert!(e.to_string().contains("--kernel-log"), "{e}");
     }
 
     #[test]

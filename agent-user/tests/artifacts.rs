@@ -80,6 +80,7 @@ const CONFIG_KEYS: &[&str] = &[
     "advice_min_cold_starts",
     "max_series",
     "log_format",
+    "kernel_log",
     "attach",
     "connect_sync",
     "pin_dir",

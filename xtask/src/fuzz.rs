@@ -26,6 +26,7 @@ pub const TARGETS: &[&str] = &[
     "sock_diag_parse",
     "web_config",
     "tracefs_format",
+    "kernel_log",
 ];
 /// Fuzzing time per target, in seconds.
 const SECONDS: u32 = 10;

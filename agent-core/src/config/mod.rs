@@ -61,6 +61,11 @@ pub struct Config {
     pub max_series: usize,
     /// `text` or `json`. Default `text`.
     pub log_format: LogFormat,
+    /// The eBPF programs' own log (a probe read that failed, a socket of an unknown family):
+    /// `off`, `error`, `warn`, `info`, `debug`, `trace`. Fixed when the programs load; records
+    /// reach the log under the target `refusal_agent::ebpf`, which `REFUSAL_LOG` can also turn
+    /// on. Default `off`: the verifier then drops every call.
+    pub kernel_log: KernelLog,
     /// Force one attach mode for every hook that offers it, or `auto`. Default `auto`.
     pub attach: AttachMode,
     /// Also count connect(2) failures that happen inside the syscall, before any TCP state (no
@@ -103,6 +108,7 @@ impl Default for Config {
             advice_min_cold_starts: t.advice_min_cold_starts,
             max_series: 10_000,
             log_format: LogFormat::Text,
+            kernel_log: KernelLog::Off,
             attach: AttachMode::Auto,
             connect_sync: false,
             web_config_file: None,
@@ -251,6 +257,68 @@ pub enum LogFormat {
     Json,
 }
 
+/// The level of the eBPF programs' log, least to most verbose: a level shows its records and
+/// those of every level before it (aya-log's `AYA_LOG_LEVEL`, 0 to 5).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum KernelLog {
+    #[default]
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl KernelLog {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelLog::Off => "off",
+            KernelLog::Error => "error",
+            KernelLog::Warn => "warn",
+            KernelLog::Info => "info",
+            KernelLog::Debug => "debug",
+            KernelLog::Trace => "trace",
+        }
+    }
+
+    /// What a `tracing` filter (`REFUSAL_LOG`'s syntax) asks for `target`: its most specific
+    /// directive naming a prefix of it (`refusal_agent::ebpf=debug`, `refusal_agent=trace`; a
+    /// bare target means `trace`). A directive without a target (`info`) does not count: the
+    /// programs log only when asked by name.
+    pub fn from_filter(filter: &str, target: &str) -> KernelLog {
+        let named = filter.split(',').filter_map(|d| {
+            let d = d.trim();
+            let (t, level) = match d.split_once('=') {
+                Some((t, level)) => (t, Self::parse(level.trim())?),
+                None if Self::parse(d).is_some() => return None,
+                None => (d, KernelLog::Trace),
+            };
+            // A span filter (`target[span{field}]`) narrows to spans the programs never enter.
+            let t = t.trim();
+            (!t.is_empty() && !t.contains('[') && target.starts_with(t)).then_some((t.len(), level))
+        });
+        named
+            .max_by_key(|(len, _)| *len)
+            .map_or(KernelLog::Off, |(_, level)| level)
+    }
+
+    fn parse(level: &str) -> Option<KernelLog> {
+        [
+            KernelLog::Off,
+            KernelLog::Error,
+            KernelLog::Warn,
+            KernelLog::Info,
+            KernelLog::Debug,
+            KernelLog::Trace,
+        ]
+        .into_iter()
+        .find(|l| l.name().eq_ignore_ascii_case(level))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
@@ -343,8 +411,33 @@ mod tests {
         assert_eq!(c.advice_window, Duration::from_secs(86_400));
         assert_eq!(c.advice_min_cold_starts, 5);
         assert_eq!(c.host_root, PathBuf::from("/"));
+        assert_eq!(c.kernel_log, KernelLog::Off);
         assert_eq!(Config::from_toml("").unwrap(), c);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn kernel_log_from_a_filter_only_by_name() {
+        let t = "refusal_agent::ebpf";
+        assert_eq!(KernelLog::from_filter("info", t), KernelLog::Off);
+        assert_eq!(KernelLog::from_filter("debug,hyper=warn", t), KernelLog::Off);
+        assert_eq!(
+            KernelLog::from_filter("info,refusal_agent::ebpf=debug", t),
+            KernelLog::Debug
+        );
+        assert_eq!(KernelLog::from_filter("refusal_agent=trace", t), KernelLog::Trace);
+        assert_eq!(KernelLog::from_filter("refusal_agent::ebpf", t), KernelLog::Trace);
+        assert_eq!(
+            KernelLog::from_filter("refusal_agent=debug,refusal_agent::ebpf=off", t),
+            KernelLog::Off
+        );
+        assert_eq!(KernelLog::from_filter("refusal_agent::ebpf=WARN", t), KernelLog::Warn);
+        assert_eq!(
+            KernelLog::from_filter("refusal_agent::collect=debug", t),
+            KernelLog::Off
+        );
+        assert_eq!(KernelLog::from_filter("refusal_agent::ebpf=loud", t), KernelLog::Off);
+        assert_eq!(KernelLog::from_filter("refusal_agent[tick]=debug", t), KernelLog::Off);
     }
 
     #[test]
@@ -364,6 +457,12 @@ mod tests {
         assert!(e.contains("cold_start_max") && e.contains("e.g. 90s"), "{e}");
         let e = Config::from_toml("min_attempts = \"three\"").unwrap_err();
         assert!(e.contains("min_attempts"), "{e}");
+        let e = Config::from_toml("kernel_log = \"loud\"").unwrap_err();
+        assert!(e.contains("kernel_log") && e.contains("`debug`"), "{e}");
+        assert_eq!(
+            Config::from_toml("kernel_log = \"warn\"").unwrap().kernel_log,
+            KernelLog::Warn
+        );
         let c = Config {
             min_attempts: 0,
             ..Config::default()

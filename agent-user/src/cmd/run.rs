@@ -4,7 +4,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use agent_core::{
     analyse::analysis::Analysis,
-    config::{Config, LogFormat, web},
+    config::{Config, KernelLog, LogFormat, web},
     kernel::hooks,
     serve::{agent::AgentInfo, series::SeriesCap},
 };
@@ -21,7 +21,9 @@ use crate::{
         workloads::Workloads,
     },
     kernel::{
-        self, caps, loader,
+        self, caps,
+        kernel_log::{self, Reader},
+        loader,
         pins::{self, PinError, Pins},
     },
     serve::{self, http, metrics, state::State},
@@ -60,7 +62,8 @@ pub fn main(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cfg.log_format);
+    let kernel_log = kernel_log::effective(cfg.kernel_log, std::env::var("REFUSAL_LOG").ok().as_deref());
+    init_logging(cfg.log_format, kernel_log);
     let flavor = if args.bench_empty_programs {
         loader::Flavor::Empty
     } else {
@@ -71,7 +74,7 @@ pub fn main(args: &RunArgs) -> ExitCode {
         eprintln!("refusal-agent: {e}");
         ExitCode::from(1)
     };
-    let started = match start(cfg, flavor) {
+    let started = match start(cfg, flavor, kernel_log, args.test_unknown_family) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -102,8 +105,15 @@ pub fn main(args: &RunArgs) -> ExitCode {
     }
 }
 
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REFUSAL_LOG").unwrap_or_else(|_| "info".into());
+/// `kernel_log`: the programs' own records pass at that level whatever `REFUSAL_LOG` says of
+/// other targets (`--kernel-log debug` alone shows debug records).
+pub fn init_logging(format: LogFormat, kernel_log: KernelLog) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("REFUSAL_LOG").unwrap_or_else(|_| "info".into());
+    if kernel_log != KernelLog::Off
+        && let Ok(d) = format!("{}={}", kernel_log::TARGET, kernel_log.name()).parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -128,6 +138,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Pins(#[from] PinError),
+    #[error("the programs' log: {0}")]
+    KernelLog(#[from] kernel_log::ReaderError),
     #[error("the HTTP server ended: {0}")]
     Http(String),
     #[error("the agent's metrics registry: {0}")]
@@ -140,14 +152,21 @@ struct Started {
     state: Arc<State>,
     listener: std::net::TcpListener,
     pins: Option<Pins>,
+    /// The programs' log, when on.
+    kernel_log: Option<Reader>,
     cfg: Config,
 }
 
 /// Loads and attaches (taking over from a predecessor's pinned programs), and binds the
 /// listener. `flavor` is [`loader::Flavor::Daemon`] except for the benchmarks' floor, which
-/// pins nothing.
-fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
-    let kernel = loader::prepare()?;
+/// pins nothing; `log` the programs' own log level; `unknown_family` the kernel log's test
+/// condition (`--test-unknown-family`).
+fn start(cfg: Config, flavor: loader::Flavor, log: KernelLog, unknown_family: bool) -> Result<Started, DaemonError> {
+    let mut kernel = loader::prepare()?;
+    if unknown_family {
+        let o = &mut kernel.resolved.offsets;
+        o.skc_family = o.sk_protocol;
+    }
     for w in &kernel.resolved.warnings {
         tracing::warn!("{w}");
     }
@@ -177,6 +196,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
         cfg.attach,
         hooks::opt_in(cfg.connect_sync),
         flavor,
+        log,
         plan.as_ref(),
     ) {
         Ok(l) => l,
@@ -216,6 +236,10 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
             "pinned; counting continues across restarts"
         );
     }
+    let kernel_log = match log {
+        KernelLog::Off => None,
+        _ => Some(Reader::take(&mut loaded.ebpf)?),
+    };
     let cgroups = CgroupResolver::new()
         .inspect_err(|e| tracing::warn!(error = %e, "workloads will be named by cgroup id"))
         .ok();
@@ -261,6 +285,7 @@ fn start(cfg: Config, flavor: loader::Flavor) -> Result<Started, DaemonError> {
         state: Arc::new(state),
         listener,
         pins,
+        kernel_log,
         cfg,
     })
 }
@@ -272,8 +297,16 @@ async fn serve(started: Started) -> Result<(), DaemonError> {
         state,
         listener,
         pins,
+        kernel_log,
         cfg,
     } = started;
+    if let Some(reader) = kernel_log {
+        tokio::spawn(async {
+            if let Err(e) = reader.run().await {
+                tracing::warn!(target: kernel_log::TARGET, error = %e, "the programs' log can no longer be read");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| DaemonError::Listen {
         addr: cfg.listen,
         source,

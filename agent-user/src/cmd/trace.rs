@@ -1,7 +1,8 @@
 //! `refusal-agent trace`: a live stream of individual events. Loads its own copy of the
 //! programs with event emission on (the daemon's never emit) and drains its ring buffers on a
 //! timer, the connect events' and the listeners' (started, stopped and how, OOM victims): the
-//! programs never wake anyone per event.
+//! programs never wake anyone per event. Their own log is on at `debug` here, its records on
+//! stderr.
 use std::{
     io::Write,
     path::Path,
@@ -20,13 +21,13 @@ use agent_core::{
         labels,
         listening::ListenerEvent,
     },
-    config::AttachMode,
+    config::{AttachMode, KernelLog},
 };
 use aya::maps::RingBuf;
 
 use crate::{
     collect::{cgroups::CgroupResolver, clock::realtime_offset_ns, workloads::Workloads},
-    kernel::loader,
+    kernel::{kernel_log::Reader, loader},
 };
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -44,7 +45,9 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool, host_root: &Path) ->
     let result = (|| -> Result<(), String> {
         let kernel = loader::prepare().map_err(|e| e.to_string())?;
         let mut loaded =
-            loader::load_and_attach(&kernel, attach, opt_in, loader::Flavor::Trace, None).map_err(|e| e.to_string())?;
+            loader::load_and_attach(&kernel, attach, opt_in, loader::Flavor::Trace, KernelLog::Debug, None)
+                .map_err(|e| e.to_string())?;
+        let mut kernel_log = Reader::take(&mut loaded.ebpf).map_err(|e| e.to_string())?;
         let mut ring = |name: &str| {
             let map = loaded.ebpf.take_map(name).ok_or(format!("{name} map missing"))?;
             RingBuf::try_from(map).map_err(|e| e.to_string())
@@ -96,6 +99,11 @@ pub fn run(attach: AttachMode, opt_in: &[&str], json: bool, host_root: &Path) ->
                 if print(listener_line(&ev, offset)).is_err() {
                     return Ok(());
                 }
+            }
+            let malformed =
+                kernel_log.drain(|r| eprintln!("kernel {:?}: {} ({}:{})", r.level, r.message, r.file, r.line));
+            if malformed > 0 {
+                eprintln!("kernel log: {malformed} records could not be read");
             }
             std::thread::sleep(DRAIN_EVERY);
         }

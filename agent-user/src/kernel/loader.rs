@@ -3,7 +3,7 @@
 //! log, `check` and `refusal_agent_probe_attached`.
 use agent_common::{config, names};
 use agent_core::{
-    config::AttachMode,
+    config::{AttachMode, KernelLog},
     kernel::{
         btf,
         hooks::{Attach, FLOOR_ONLY, HOOKS, Hook, HookReport, explain, programs, tp_btf_fits, wanted},
@@ -15,10 +15,24 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError, TracePoint, links::FdLink},
 };
 
-use crate::kernel::{caps, offsets, offsets::Resolved, pins::Plan, tracefs};
+use crate::kernel::{caps, kernel_log, offsets, offsets::Resolved, pins::Plan, tracefs};
 
 /// The embedded kernel object, built by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf"));
+
+/// The same programs built without their log calls (`agent-ebpf`'s `no-log` feature), which a
+/// copy whose log is off loads: its programs are then, instruction for instruction, those of a
+/// build without logging. A disabled call still costs the verifier the level's load and
+/// compare on each path through it (`tests/kernel_log.rs` prints both counts).
+pub static OBJECT_NO_LOG: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refusal-agent-ebpf-no-log"));
+
+/// The object a copy with its log at `log` loads.
+pub fn object(log: KernelLog) -> &'static [u8] {
+    match log {
+        KernelLog::Off => OBJECT_NO_LOG,
+        _ => OBJECT,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -95,8 +109,20 @@ pub enum Flavor {
     Empty,
 }
 
-pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
+/// `log`: the level of the programs' own log (`kernel_log`), fixed for this copy.
+pub fn load(kernel: &Kernel, flavor: Flavor, log: KernelLog, pins: Option<&Plan>) -> Result<Ebpf, LoadError> {
+    load_object(object(log), kernel, flavor, log, pins)
+}
+
+fn load_object(
+    object: &[u8],
+    kernel: &Kernel,
+    flavor: Flavor,
+    log: KernelLog,
+    pins: Option<&Plan>,
+) -> Result<Ebpf, LoadError> {
     let (emit, empty) = (u8::from(flavor == Flavor::Trace), u8::from(flavor == Flavor::Empty));
+    let log = kernel_log::global(log);
     let generation = pins.map_or(0, |p| p.generation);
     let mut loader = EbpfLoader::new();
     loader
@@ -105,11 +131,13 @@ pub fn load(kernel: &Kernel, flavor: Flavor, pins: Option<&Plan>) -> Result<Ebpf
         .override_global(names::TCP_RCV, &kernel.resolved.tcp_rcv, true)
         .override_global(names::EMIT_EVENTS, &emit, true)
         .override_global(names::EMPTY_PROGRAMS, &empty, true)
-        .override_global(names::GENERATION, &generation, true);
+        .override_global(names::GENERATION, &generation, true)
+        // Absent from an object without log calls (the `no-log` build).
+        .override_global(kernel_log::LEVEL, &log, false);
     for (name, path) in pins.iter().flat_map(|p| &p.maps) {
         loader.map_pin_path(name, path.as_path());
     }
-    loader.load(OBJECT).map_err(LoadError::Object)
+    loader.load(object).map_err(LoadError::Object)
 }
 
 /// Loads the object and attaches every hook (of the opt-in ones, those named in `opt_in`),
@@ -121,9 +149,10 @@ pub fn load_and_attach(
     mode: AttachMode,
     opt_in: &[&str],
     flavor: Flavor,
+    log: KernelLog,
     pins: Option<&Plan>,
 ) -> Result<Loaded, LoadError> {
-    let mut ebpf = load(kernel, flavor, pins)?;
+    let mut ebpf = load(kernel, flavor, log, pins)?;
     let mut links = pins.map(|_| Vec::new());
     let mut hooks: Vec<HookReport> = Vec::new();
     let mut inbound_by_send_reset = false;
@@ -236,7 +265,30 @@ pub type Probe = (&'static str, Vec<(AttachMode, Result<(), String>)>);
 /// Tries every mode of every hook, for `check`. No two modes share a program, so one object
 /// serves every attempt (a load per attempt made `check` take 35 s on an emulated CPU).
 pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
-    let mut ebpf = load(kernel, Flavor::Daemon, None)?;
+    probe_object(object(KernelLog::Off), kernel, KernelLog::Off).map(|(probes, _)| probes)
+}
+
+/// How many instructions the verifier went through for each program of `object` this kernel
+/// loads in some mode (5.16+; `None` before), loaded as the daemon loads it with the programs'
+/// log at `log`: `tests/kernel_log.rs` compares them with the daemon's own.
+pub fn verified_instructions(
+    object: &[u8],
+    kernel: &Kernel,
+    log: KernelLog,
+) -> Result<Vec<(String, Option<u32>)>, LoadError> {
+    let (_, ebpf) = probe_object(object, kernel, log)?;
+    Ok(ebpf
+        .programs()
+        .filter_map(|(name, p)| {
+            p.info()
+                .ok()
+                .map(|i| (name.to_string(), i.verified_instruction_count()))
+        })
+        .collect())
+}
+
+fn probe_object(object: &[u8], kernel: &Kernel, log: KernelLog) -> Result<(Vec<Probe>, Ebpf), LoadError> {
+    let mut ebpf = load_object(object, kernel, Flavor::Daemon, log, None)?;
     let mut out: Vec<Probe> = Vec::new();
     for hook in HOOKS {
         let mut modes = Vec::new();
@@ -256,7 +308,7 @@ pub fn probe_all(kernel: &Kernel) -> Result<Vec<Probe>, LoadError> {
         }
         out.push((hook.name, modes));
     }
-    Ok(out)
+    Ok((out, ebpf))
 }
 
 fn unload(ebpf: &mut Ebpf, attach: &Attach) {

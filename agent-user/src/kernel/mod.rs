@@ -1,7 +1,8 @@
 //! The kernel stage: privileges, BTF offsets and tracefs formats of the running kernel, loading
 //! and attaching the programs through each hook's fallback chain, and the pins that keep them
-//! counting across restarts.
+//! counting across restarts, and the programs' own log.
 pub mod caps;
+pub mod kernel_log;
 pub mod loader;
 pub mod offsets;
 pub mod pins;

@@ -19,6 +19,8 @@ use aya::{
     programs::links::FdLink,
 };
 
+use crate::kernel::kernel_log;
+
 /// `statfs(2)` magic of a bpf filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -53,14 +55,15 @@ pub struct Layout {
 }
 
 /// The maps that carry state from one daemon to the next: everything the object declares
-/// except its globals (`.rodata`, `.bss`: per build) and the `trace` ring buffer.
+/// except its globals (`.rodata`, `.bss`: per build), the `trace` ring buffer and the
+/// programs' log ring (each copy reads its own).
 pub fn object_layouts(object: &[u8]) -> BTreeMap<String, Layout> {
     let Ok(obj) = aya_obj::Object::parse(object) else {
         return BTreeMap::new();
     };
     obj.maps
         .iter()
-        .filter(|(name, _)| !name.starts_with('.') && *name != names::EVENTS)
+        .filter(|(name, _)| !name.starts_with('.') && *name != names::EVENTS && *name != kernel_log::RING)
         .map(|(name, m)| {
             let layout = Layout {
                 map_type: m.map_type(),
@@ -302,7 +305,14 @@ mod tests {
         ] {
             assert!(layouts.contains_key(name), "{name} in {layouts:?}");
         }
-        assert!(layouts.keys().all(|n| !n.starts_with('.') && n != names::EVENTS));
+        assert!(
+            layouts
+                .keys()
+                .all(|n| !n.starts_with('.') && n != names::EVENTS && n != kernel_log::RING)
+        );
         assert_eq!(layouts[names::CONFIG].max_entries, config::COUNT);
+        // Each copy reads its own log ring: one a predecessor shared would mix their records.
+        let object = aya_obj::Object::parse(crate::kernel::loader::OBJECT).unwrap();
+        assert!(object.maps.contains_key(kernel_log::RING));
     }
 }
