@@ -345,7 +345,15 @@ fn judge(g: &Guest, bad: &mut Vec<String>) {
     let build_info = g
         .metrics
         .get("upgrade")
-        .map(|m| m.contains("refusal_agent_build_info{version=\"0.1.0\",revision=\""))
+        // Labels in any order (the registry writes them sorted); a revision that is not empty.
+        .map(|m| {
+            m.lines().any(|l| {
+                l.starts_with("refusal_agent_build_info{")
+                    && l.contains("version=\"0.1.0\"")
+                    && l.contains("revision=\"")
+                    && !l.contains("revision=\"\"")
+            })
+        })
         .unwrap_or(false);
     if !build_info {
         bad.push("refusal_agent_build_info with version and revision missing after the upgrade".into());
