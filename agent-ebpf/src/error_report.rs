@@ -59,14 +59,18 @@ fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
 /// reported just after it (from 6.10, and for RSTs before), by a program not running then: a
 /// closed socket whose owner is still recorded closed unseen (the state program forgets the
 /// owner at every close it sees), and one that never accepted a SYN-ACK closed from SYN_SENT.
-/// The owner is forgotten either way, as the state program would have.
+/// The owner is forgotten either way, as the state program would have. A report with the
+/// destination already gone (`tcp_disconnect()`'s, after connect(2) returned the error, which
+/// it also took from `sk_err`) is too late to count: counted under port 0 it would be wrong.
 #[inline(always)]
 fn closed_unseen<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     if i32::from(sock::state::<M>(sk)) != tcp_state::CLOSE {
         return Ok(0);
     }
     owner::close(sk, |o| match o {
-        Some(o) if sock::never_synchronized::<M>(sk) => state::count_failure::<M>(sk, o),
+        Some(o) if sock::never_synchronized::<M>(sk) && sock::peer::<M>(sk).is_ok_and(|(_, port)| port != 0) => {
+            state::count_failure::<M>(sk, o)
+        }
         _ => Ok(0),
     })
 }
