@@ -288,6 +288,10 @@ pub struct Offsets {
     /// socket (on the segment that ended the connect), so a TCP outcome's time costs no clock
     /// read; 0 where the field is missing.
     pub tcp_clock_cache: u32,
+    /// `tcp_sock.rcv_nxt`: `tcp_connect_init()` zeroes it and an accepted SYN-ACK sets it (the
+    /// peer's sequence number plus one), so a socket closed with it 0 closed from SYN_SENT;
+    /// 0 where missing.
+    pub tcp_rcv_nxt: u32,
     /// `sock.sk_cgrp_data.cgroup → cgroup.kn → kernfs_node.id`: the socket's cgroup v2 id.
     pub sk_cgrp_data: u32,
     pub sock_cgroup_data_cgroup: u32,

@@ -1,6 +1,7 @@
 //! `inet_sk_error_report` for UDP: a connected UDP socket refused by ICMP port unreachable
-//! (ECONNREFUSED), or host/net unreachable. TCP failures are counted by `state.rs`.
-use agent_common::proto;
+//! (ECONNREFUSED), or host/net unreachable. TCP failures are counted by `state.rs`, here only
+//! those whose state change it did not see.
+use agent_common::{proto, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe, tracepoint},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
@@ -9,6 +10,7 @@ use aya_ebpf::{
 use crate::{
     count, owner, runtime,
     sock::{self, Btf, Mem, Probe},
+    state,
 };
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
@@ -30,7 +32,11 @@ pub fn error_report_kprobe(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
-    if sock::protocol::<M>(sk) != u16::from(proto::UDP) {
+    let protocol = sock::protocol::<M>(sk);
+    if protocol == u16::from(proto::TCP) {
+        return closed_unseen::<M>(sk);
+    }
+    if protocol != u16::from(proto::UDP) {
         return Ok(0);
     }
     let err: i32 = M::get(sk, sock::off!(sk_err))?;
@@ -44,6 +50,29 @@ fn on_error_report<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     let o = owner::of_socket::<M>(sk, true, &mut scratch);
     count::connect_outcome(o, proto::UDP, daddr, dport, err as u16, 0, runtime::now());
     Ok(0)
+}
+
+/// A TCP socket closed without the state program seeing it. The kernel skips a program's run
+/// nested in its own on the same CPU (`recursion_misses`): a softirq that closes a connecting
+/// socket (its timeout, an ICMP error, a RST) on top of the state program running in process
+/// context (a connect starting, a socket closing) loses that state change. The error is
+/// reported just after it (from 6.10, and for RSTs before), by a program not running then: a
+/// closed socket whose owner is still recorded closed unseen (the state program forgets the
+/// owner at every close it sees), and one that never accepted a SYN-ACK closed from SYN_SENT.
+/// The owner is forgotten either way, as the state program would have. A report with the
+/// destination already gone (`tcp_disconnect()`'s, after connect(2) returned the error, which
+/// it also took from `sk_err`) is too late to count: counted under port 0 it would be wrong.
+#[inline(always)]
+fn closed_unseen<M: Mem>(sk: *const u8) -> Result<u32, u32> {
+    if i32::from(sock::state::<M>(sk)) != tcp_state::CLOSE {
+        return Ok(0);
+    }
+    owner::close(sk, |o| match o {
+        Some(o) if sock::never_synchronized::<M>(sk) && sock::peer::<M>(sk).is_ok_and(|(_, port)| port != 0) => {
+            state::count_failure::<M>(sk, o)
+        }
+        _ => Ok(0),
+    })
 }
 
 /// The classic tracepoint's record has no socket: attribution falls back to the current task

@@ -6,7 +6,8 @@
 //! connect                             → owner, runtime
 //! state                               → listen, owner, count, sock, runtime
 //! reset                               → owner, count, sock, runtime, maps
-//! error_report, syscall               → owner, count, sock, runtime
+//! error_report                        → state, owner, count, sock, runtime
+//! syscall                             → owner, count, sock, runtime
 //! listen   (listener history)         → owner, count, sock, runtime, maps
 //! owner    (who a socket belongs to)  → count, sock, runtime, maps
 //! count    (what is counted)          → sock, runtime, maps

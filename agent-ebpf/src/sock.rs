@@ -28,6 +28,7 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     skb_cb: 0,
     exterr_skb_ee: 0,
     tcp_clock_cache: 0,
+    tcp_rcv_nxt: 0,
     sk_cgrp_data: 0,
     sock_cgroup_data_cgroup: 0,
     sock_cgroup_data_tagged: 0,
@@ -273,6 +274,15 @@ pub fn tcp_time<M: Mem>(sk: *const u8) -> u64 {
         Ok(ns) if ns != 0 => ns,
         _ => runtime::now(),
     }
+}
+
+/// Whether a TCP socket never accepted a SYN-ACK (see `Offsets::tcp_rcv_nxt`): closed, it
+/// closed from SYN_SENT. False where the field is missing.
+#[inline(always)]
+pub fn never_synchronized<M: Mem>(sk: *const u8) -> bool {
+    let off = off!(tcp_rcv_nxt);
+    let tp = M::tcp_sock(sk);
+    off != 0 && !tp.is_null() && M::get::<u32>(tp, off).is_ok_and(|n| n == 0)
 }
 
 #[inline(always)]

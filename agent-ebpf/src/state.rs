@@ -4,7 +4,8 @@
 //! closed the socket before the RST arrived (no error report then); successes only to ports
 //! user space watches; listeners starting and stopping (`listen.rs`); RSTs received, told
 //! from the close they cause (`tcp_reset()` writes `sk_err`, then `tcp_done()` changes the
-//! state), so no program runs on `tcp_receive_reset`.
+//! state), so no program runs on `tcp_receive_reset`. The kernel skips a run nested in this
+//! program's own on the same CPU: `error_report.rs` counts the connect failures it lost.
 use agent_common::{Event, Owner, ResetKey, config, errno, event_kind, proto, reset_errno, tcp_state};
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -85,8 +86,10 @@ fn count_success<M: Mem>(sk: *const u8) -> Result<u32, u32> {
     Ok(0)
 }
 
+/// A connect failed at SYN_SENT → CLOSE (here, or in `error_report.rs` for a change this
+/// program was kept from seeing).
 #[inline(always)]
-fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
+pub(crate) fn count_failure<M: Mem>(sk: *const u8, o: &Owner) -> Result<u32, u32> {
     if !sock::is_tcp::<M>(sk) {
         return Ok(0);
     }

@@ -173,6 +173,12 @@ const OPTIONAL: &[(&str, &str, &str, Slot)] = &[
         "TCP event times without a clock read",
         |o| &mut o.tcp_clock_cache,
     ),
+    (
+        "tcp_sock",
+        "rcv_nxt",
+        "connect failures closed while the state program ran on the same CPU",
+        |o| &mut o.tcp_rcv_nxt,
+    ),
     ("task_struct", "comm", "connect owners without helper calls", |o| {
         &mut o.task_comm
     }),
