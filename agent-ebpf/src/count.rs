@@ -17,11 +17,21 @@ use crate::{
     sock::{self, Addr},
 };
 
+/// Adds `n` to a counter in a map value with one atomic instruction: a program run from a
+/// softirq on this CPU (the error report recovering a state change the state program lost)
+/// can land between a plain load and store of the same key's value, and one count would be lost.
+#[inline(always)]
+fn add_to(counter: &mut u64, n: u64) {
+    // SAFETY: an 8-aligned `u64` in a map value, valid for the program's run. The old value is
+    // not used, so this is the plain atomic add every kernel takes (BPF_XADD), not a fetch.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(counter, n) };
+}
+
 #[inline(always)]
 fn bump(array: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = array.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
+        // SAFETY: this CPU's slot of a per-CPU array.
+        add_to(unsafe { &mut *slot }, 1);
     }
 }
 
@@ -58,7 +68,7 @@ fn add_one<K>(map: &PerCpuHashMap<K, u64>, key: &K, overflow_slot: u32) {
     if !counting() {
         return;
     }
-    if !add(map, key, 1, |v| *v += 1) {
+    if !add(map, key, 1, |v| add_to(v, 1)) {
         drop(Drop::ResetMapFull);
         bump(&OVERFLOW, overflow_slot);
     }
@@ -84,9 +94,11 @@ fn count_target(key: &mut TargetKey, now: u64, resets: u64) {
         resets,
     };
     let update = |c: &mut Counter| {
-        c.count += 1;
+        add_to(&mut c.count, 1);
         c.last_ns = now;
-        c.resets += resets;
+        if resets != 0 {
+            add_to(&mut c.resets, resets);
+        }
     };
     if key.errno != 0 {
         watch(key.dport);
@@ -175,12 +187,12 @@ pub fn connect_outcome(o: &Owner, proto: u8, daddr: Addr, dport: u16, errno: u16
 /// alone (`OVERFLOW`).
 #[inline(always)]
 pub fn count_reset_received(key: &mut ResetKey) {
-    if !counting() || add(&RESETS_RECEIVED, key, 1, |v| *v += 1) {
+    if !counting() || add(&RESETS_RECEIVED, key, 1, |v| add_to(v, 1)) {
         return;
     }
     drop(Drop::ResetMapFull);
     fold_destination(&mut key.daddr, &mut key.dport);
-    if !add(&RESETS_FOLDED, key, 1, |v| *v += 1) {
+    if !add(&RESETS_FOLDED, key, 1, |v| add_to(v, 1)) {
         bump(&OVERFLOW, overflow::RESETS_RECEIVED + u32::from(key.state).min(15));
     }
 }

@@ -17,6 +17,10 @@
 //! maps     (shared with user space)   → none
 //! ```
 #![no_std]
+// `atomic_xadd`: the BPF target has no atomic read-modify-write types (no compare-and-swap
+// before v3), but takes the plain atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
 mod connect;
