@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use testkit::{Daemon, Netns, metrics::FAILURES, privileged, value, which};
+use testkit::{Daemon, HiddenCloses, Netns, metrics::FAILURES, privileged, value, which};
 
 const BIN: &str = env!("CARGO_BIN_EXE_refusal-agent");
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
@@ -165,6 +165,7 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
     let d = Daemon::start(BIN, &[]);
     let kernel = || ["TcpAttemptFails", "TcpExtTCPAbortOnTimeout"].map(|c| clients.counter(c) as f64);
     let kernel_before = kernel();
+    let hidden_closes = HiddenCloses::start(HOST_UNREACHABLE..=DROPPED);
 
     // Every combination once, and 10 at random: 40 calls a client.
     let python_plan = plan(&hosts, 17, 10, false);
@@ -204,21 +205,34 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
 
     std::thread::sleep(Duration::from_millis(600));
     let m = d.metrics();
-    let mut counted = BTreeMap::new();
-    for (host, port, errno) in expected.keys() {
+    // The closes no BPF program could see on this sandbox's kernel (see `HiddenCloses`): each
+    // may be missing from the agent's counts, and nothing else may. Elsewhere none are hidden
+    // and the bounds below are equalities.
+    let hidden = hidden_closes.per_target();
+    let counted = |(host, port, errno): &(String, u16, &str)| {
         let port = port.to_string();
-        let labels = [("dst_addr", host.as_str()), ("dst_port", &port), ("errno", errno)];
-        counted.insert(
-            (host.clone(), port.parse().unwrap(), *errno),
-            value(&m, FAILURES, &labels),
-        );
+        value(
+            &m,
+            FAILURES,
+            &[("dst_addr", host.as_str()), ("dst_port", &port), ("errno", errno)],
+        )
+    };
+    if !hidden.is_empty() {
+        let short: Vec<_> = expected.iter().filter(|(k, n)| counted(k) != **n).collect();
+        eprintln!("closed while PID 1 was the current task, unseen by BPF here: {hidden:?}; short: {short:?}");
     }
     // A run the kernel skipped (an event nested in a run on the same CPU) would explain a miss.
     let skipped: Vec<&str> = m
         .lines()
         .filter(|l| l.starts_with("refusal_agent_bpf_recursion_misses_total{") && !l.ends_with(" 0"))
         .collect();
-    assert_eq!(counted, expected, "runs the kernel skipped: {skipped:?}");
+    for (key, n) in &expected {
+        let (hidden, counted) = (hidden_closes.at(&key.0, key.1), counted(key));
+        assert!(
+            (n - hidden..=*n).contains(&counted),
+            "{key:?}: counted {counted} of {n} ({hidden} hidden); expected {expected:?}; runs the kernel skipped: {skipped:?}"
+        );
+    }
     // The kernel's own counters, where it counts. A connect it times out itself is
     // TcpExtTCPAbortOnTimeout: exactly the agent's ETIMEDOUT. TcpAttemptFails counts the
     // connects the kernel failed (tcp_done in SYN_SENT): every RST and timeout, and the ICMP
@@ -235,26 +249,33 @@ fn every_connect_a_client_saw_fail_is_counted_once_with_its_errno() {
         saw("ETIMEDOUT"),
         "TcpExtTCPAbortOnTimeout, {seen:?}"
     );
-    assert_eq!(value(&m, FAILURES, &[("errno", "ETIMEDOUT")]), aborted_on_timeout);
-    let counted_total: f64 = expected.values().sum();
+    let timeouts_hidden: f64 = hosts.iter().map(|h| hidden_closes.at(h, DROPPED)).sum();
+    assert!(
+        (aborted_on_timeout - timeouts_hidden..=aborted_on_timeout).contains(&value(
+            &m,
+            FAILURES,
+            &[("errno", "ETIMEDOUT")]
+        ))
+    );
+    let expected_total: f64 = expected.values().sum();
     let kernel_decided = saw("ECONNREFUSED") + saw("ETIMEDOUT");
     assert!(
-        (kernel_decided..=counted_total).contains(&attempt_fails),
-        "TcpAttemptFails {attempt_fails}: at least the {kernel_decided} RSTs and timeouts, at most the agent's {counted_total}"
+        (kernel_decided..=expected_total).contains(&attempt_fails),
+        "TcpAttemptFails {attempt_fails}: at least the {kernel_decided} RSTs and timeouts, at most the clients' {expected_total}"
     );
     eprintln!(
-        "TcpAttemptFails {attempt_fails}, the agent {counted_total}: {} soft errors the kernel did not count",
-        counted_total - attempt_fails
+        "TcpAttemptFails {attempt_fails}, the clients {expected_total}: {} soft errors the kernel did not count",
+        expected_total - attempt_fails
     );
     // Nothing else: no other errno, no port that answered.
     for host in &hosts {
-        assert_eq!(
-            value(&m, FAILURES, &[("dst_addr", host)]),
-            expected
-                .iter()
-                .filter(|((h, ..), _)| h == host)
-                .map(|(_, n)| n)
-                .sum::<f64>(),
+        let n: f64 = expected.iter().filter(|((h, ..), _)| h == host).map(|(_, n)| n).sum();
+        let hidden_here: f64 = [HOST_UNREACHABLE, ADMIN_PROHIBITED, RESET, DROPPED]
+            .iter()
+            .map(|p| hidden_closes.at(host, *p))
+            .sum();
+        assert!(
+            (n - hidden_here..=n).contains(&value(&m, FAILURES, &[("dst_addr", host)])),
             "{host}"
         );
     }

@@ -1,6 +1,7 @@
 //! What the integration tests, `cargo xtask` (bench, VM matrix) and the VM guest's client share:
 //! the daemon harness, one HTTP GET, one reader of Prometheus text, and the host fixtures the
-//! tests build (network namespaces, cgroups, BPF program lists).
+//! tests build (network namespaces, cgroups, BPF program lists, an ftrace record of the closes
+//! this sandbox's kernel hides from BPF).
 //!
 //! Failures: what xtask calls returns `std::io::Result` (the `try_` methods of [`Daemon`],
 //! [`get`], [`linger_zero`]); what only tests call panics with a message, as a test should.
@@ -8,6 +9,7 @@ mod bpf;
 mod cgroup;
 mod daemon;
 mod exposition;
+mod hidden;
 mod http;
 pub mod metrics;
 mod net;
@@ -21,6 +23,7 @@ pub use crate::{
     cgroup::{Cgroup, MemoryCgroup},
     daemon::{Daemon, pin_dir},
     exposition::{series, value, wait_value},
+    hidden::HiddenCloses,
     http::{get, get_with},
     net::{closed_port, linger_zero},
     netns::Netns,
