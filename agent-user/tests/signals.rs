@@ -110,7 +110,7 @@ fn syn_dropped_times_out_as_etimedout() {
     ];
     let counted = wait_value(&d, FAILURES, &labels, 2.0);
     assert!(
-        (2.0 - hidden.at(&ns.ns_ip(), 7001)..=2.0).contains(&counted),
+        (2.0 - hidden.read().at(&ns.ns_ip(), 7001)..=2.0).contains(&counted),
         "{counted}"
     );
 }
@@ -140,7 +140,7 @@ fn icmp_host_unreachable_and_no_route() {
     ];
     let counted = wait_value(&d, FAILURES, &v4, 3.0);
     assert!(
-        (3.0 - hidden.at(&ns.ns_ip(), 7002)..=3.0).contains(&counted),
+        (3.0 - hidden.read().at(&ns.ns_ip(), 7002)..=3.0).contains(&counted),
         "{counted}"
     );
     let v6 = [
@@ -151,7 +151,7 @@ fn icmp_host_unreachable_and_no_route() {
     ];
     let counted = wait_value(&d, FAILURES, &v6, 1.0);
     assert!(
-        (1.0 - hidden.at(&ns.ns_ip6(), 7002)..=1.0).contains(&counted),
+        (1.0 - hidden.read().at(&ns.ns_ip6(), 7002)..=1.0).contains(&counted),
         "{counted}"
     );
 

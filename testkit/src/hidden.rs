@@ -49,26 +49,44 @@ impl HiddenCloses {
         hidden
     }
 
-    /// Closes so far that ran with a thread of PID 1 current, by destination address (as the
-    /// agent's `dst_addr` label writes it) and port.
-    pub fn per_target(&self) -> BTreeMap<(String, u16), usize> {
+    /// The closes so far that ran with a thread of PID 1 current.
+    pub fn read(&self) -> Hidden {
         let path = self.dir.join("trace");
         let trace = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut init = init_threads();
         init.extend(&self.init_threads);
         let mut per_target = BTreeMap::new();
         for line in trace.lines().filter(|l| !l.starts_with('#')) {
-            let (tid, fields) = parse(line).unwrap_or_else(|| panic!("unexpected trace line: {line}"));
+            let (tid, target) = parse(line).unwrap_or_else(|| panic!("unexpected trace line: {line}"));
             if init.contains(&tid) {
-                *per_target.entry(fields).or_default() += 1;
+                *per_target.entry(target).or_default() += 1;
             }
         }
-        per_target
+        Hidden(per_target)
+    }
+}
+
+/// Hidden closes by destination address (as the agent's `dst_addr` label writes it) and port.
+#[derive(Debug)]
+pub struct Hidden(BTreeMap<(String, u16), usize>);
+
+impl Hidden {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
-    /// [`HiddenCloses::per_target`] for one destination, as a metric value.
+    /// Those to `addr`:`port`, as a metric value.
     pub fn at(&self, addr: &str, port: u16) -> f64 {
-        self.per_target().get(&(addr.to_string(), port)).copied().unwrap_or(0) as f64
+        self.0.get(&(addr.to_string(), port)).copied().unwrap_or(0) as f64
+    }
+
+    /// Those to `addr`, every port recorded.
+    pub fn to_addr(&self, addr: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|((a, _), _)| a == addr)
+            .map(|(_, n)| *n as f64)
+            .sum()
     }
 }
 

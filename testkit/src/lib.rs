@@ -23,7 +23,7 @@ pub use crate::{
     cgroup::{Cgroup, MemoryCgroup},
     daemon::{Daemon, pin_dir},
     exposition::{series, value, wait_value},
-    hidden::HiddenCloses,
+    hidden::{Hidden, HiddenCloses},
     http::{get, get_with},
     net::{closed_port, linger_zero},
     netns::Netns,
